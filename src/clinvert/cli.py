@@ -1,0 +1,175 @@
+"""The ``clinvert`` command.
+
+    clinvert train CONFIG.yaml --out DIR [--set key.path=value ...] [--force]
+    clinvert train --resume DIR [--steps N]
+    clinvert demo [--out DIR]
+    clinvert config [CONFIG.yaml] [--set key.path=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+
+from clinvert.config import ConfigError, load_config
+
+EPILOG_TRAIN = """\
+examples:
+  clinvert train configs/synthetic/examples/sphere-vmf10.yaml --out runs/sphere
+  clinvert train configs/synthetic/examples/box-laplace-l1.yaml --out runs/box \\
+      --set train.steps=2000 --set latent.conditional.scale=0.1
+  clinvert train --resume runs/box            # continue from runs/box/checkpoint.pt
+
+The run directory receives config.yaml (resolved), metrics.jsonl (one line per evaluation),
+result.json (final scores on fresh samples, identity baseline) and checkpoint.pt.
+"""
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override one config field (value parsed as YAML); repeatable, e.g. --set model.tau=0.1",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``clinvert`` command."""
+    parser = argparse.ArgumentParser(
+        prog="clinvert",
+        description=(
+            "Contrastive learning inverts the data generating process: sample latents, mix them, "
+            "train an encoder with InfoNCE, and measure how well it inverts the mixing (R^2, MCC)."
+        ),
+        epilog="Run 'clinvert COMMAND --help' for the options of one command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "train",
+        help="train one run from a YAML config into a run directory",
+        description="Train one run and write its run directory.",
+        epilog=EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", nargs="?", help="YAML run configuration (omit with --resume)")
+    p.add_argument("--out", help="run directory to write")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
+    p.add_argument("--steps", type=int, help="with --resume: train to this many steps in total")
+    p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_set(p)
+
+    p = sub.add_parser(
+        "demo",
+        help="train the built-in demo and print identity vs learned R^2 / MCC",
+        description=(
+            "Train the built-in demo (box latents, Laplace conditional, L1 InfoNCE with a box "
+            "output; a few minutes on 2 CPU cores) and print the identity baseline next to the "
+            "learned scores."
+        ),
+    )
+    p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_set(p)
+
+    p = sub.add_parser(
+        "config",
+        help="validate a config and print it fully resolved",
+        description="Validate a config (or the defaults) and print the full resolved YAML.",
+    )
+    p.add_argument("config", nargs="?", help="YAML run configuration (default: built-in defaults)")
+    _add_set(p)
+    return parser
+
+
+def demo_config_path() -> Path:
+    """Path of the embedded demo config."""
+    return Path(str(resources.files("clinvert") / "defaults" / "demo.yaml"))
+
+
+def print_comparison(result: dict) -> None:
+    """Print identity vs learned R^2 and MCC of a result."""
+    ident, final = result["identity"], result.get("final")
+    print()
+    print(f"{'':24s}{'R2':>8s}{'MCC':>8s}")
+    print(f"{'identity  z vs g(z)':24s}{ident['r2']:8.3f}{ident['mcc']:8.3f}")
+    if final:
+        print(f"{'learned   z vs f(g(z))':24s}{final['r2']:8.3f}{final['mcc']:8.3f}")
+    else:
+        print(f"learned: run {result['status']}: {result.get('error', '')}")
+    print(f"({result['steps']} steps, {result['wall_seconds']:.0f} s on {result['device']})")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from clinvert import train
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise ConfigError("--resume: takes no CONFIG or --set; the run's config.yaml is used")
+        if not (Path(args.resume) / "config.yaml").exists():
+            raise ConfigError(f"--resume: {args.resume} holds no run (config.yaml missing)")
+        if args.steps is not None and args.steps < 0:
+            raise ConfigError(f"--steps: must be >= 0, got {args.steps}")
+        result = train.resume(args.resume, steps=args.steps, progress=not args.quiet)
+    else:
+        if not args.config:
+            raise ConfigError("config: a YAML config is required (or --resume DIR)")
+        if not args.out:
+            raise ConfigError("--out: a run directory is required")
+        if args.steps is not None:
+            raise ConfigError("--steps: only with --resume; use --set train.steps=N")
+        cfg = load_config(args.config, args.overrides)
+        result = train.train(cfg, args.out, progress=not args.quiet, force=args.force)
+    print_comparison(result)
+    return 0 if result["status"] == "finished" else 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from clinvert import train
+
+    cfg = load_config(demo_config_path(), args.overrides)
+    print(f"clinvert demo: {cfg.name}")
+    print(
+        f"  latents: {cfg.latent.space}^{cfg.latent.dim}, {cfg.latent.marginal.name} marginal, "
+        f"{cfg.latent.conditional!r} conditional; mixing: {cfg.mixing.layers}-layer invertible MLP"
+    )
+    print(
+        f"  model: {cfg.model.output} output, {cfg.model.similarity} similarity (p={cfg.model.p}), "
+        f"tau={cfg.model.tau}; {cfg.train.steps} steps of batch {cfg.train.batch_size}"
+    )
+    result = train.train(cfg, args.out, progress=not args.quiet, force=True)
+    print_comparison(result)
+    print(f"run directory: {args.out}")
+    return 0 if result["status"] == "finished" else 1
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    print(load_config(args.config, args.overrides).to_yaml(), end="")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "demo": _cmd_demo, "config": _cmd_config}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"clinvert: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("clinvert: interrupted; continue with 'clinvert train --resume DIR'", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

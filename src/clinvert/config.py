@@ -1,0 +1,310 @@
+"""Typed, validated run configuration: YAML in, one clear line out when something is wrong.
+
+A run configuration has five sections (see README, "Config format")::
+
+    latent:  dim, space, box, marginal{name, ...}, conditional{name, ...}
+    mixing:  layers, seed, cond_quantile, cond_trials
+    model:   encoder, widths, output, learnable_scale, scale, similarity, p, tau
+    train:   batch_size, steps, lr, optimizer, schedule, warmup_steps, seed, device, checkpoint_every
+    eval:    every, samples, correlation
+
+Every field is checked (types, ranges, names, and combinations such as ``vmf`` on a box) before any
+work starts; :class:`ConfigError` names the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from clinvert.models.mlp import PAPER_WIDTHS
+
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML loader that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str):
+    """Parse YAML text with the config loader."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. ``str(err)`` is one line: field, value, what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# ----- latent process --------------------------------------------------------------------------------
+class UniformSpec(_Section):
+    """Uniform marginal (sphere or box only)."""
+
+    name: Literal["uniform"]
+
+
+class NormalSpec(_Section):
+    """Normal law with standard deviation ``scale``."""
+
+    name: Literal["normal"]
+    scale: PositiveFloat
+
+
+class LaplaceSpec(_Section):
+    """Laplace law with scale ``scale``."""
+
+    name: Literal["laplace"]
+    scale: PositiveFloat
+
+
+class GennormSpec(_Section):
+    """Generalised normal law, density proportional to exp(-|x / scale|^beta)."""
+
+    name: Literal["gennorm"]
+    beta: PositiveFloat
+    scale: PositiveFloat
+
+
+class VMFSpec(_Section):
+    """von Mises-Fisher conditional with concentration ``kappa`` (sphere only)."""
+
+    name: Literal["vmf"]
+    kappa: PositiveFloat
+
+
+MarginalSpec = Annotated[
+    UniformSpec | NormalSpec | LaplaceSpec | GennormSpec, Field(discriminator="name")
+]
+ConditionalSpec = Annotated[
+    VMFSpec | NormalSpec | LaplaceSpec | GennormSpec, Field(discriminator="name")
+]
+_TAGGED_FIELDS = {"marginal", "conditional"}
+_TAGS = {"uniform", "normal", "laplace", "gennorm", "vmf"}
+
+
+class LatentConfig(_Section):
+    """The latent process: space, marginal and conditional."""
+
+    dim: Annotated[int, Field(ge=1, le=4096)] = 10
+    space: Literal["sphere", "box", "unbounded"] = "sphere"
+    box: Annotated[list[FiniteFloat], Field(min_length=2, max_length=2)] = [0.0, 1.0]
+    marginal: MarginalSpec = UniformSpec(name="uniform")
+    conditional: ConditionalSpec = VMFSpec(name="vmf", kappa=1.0)
+
+
+class MixingConfig(_Section):
+    """The invertible MLP g. ``seed: null`` uses the training seed."""
+
+    layers: Annotated[int, Field(ge=1, le=64)] = 3
+    seed: Annotated[int, Field(ge=0)] | None = None
+    cond_quantile: Annotated[float, Field(gt=0, le=1)] = 0.25
+    cond_trials: Annotated[int, Field(ge=1, le=100_000)] = 1000
+
+
+class ModelConfig(_Section):
+    """Encoder, output head and loss."""
+
+    encoder: Literal["mlp"] = "mlp"
+    widths: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=0, max_length=64)] = list(
+        PAPER_WIDTHS
+    )
+    output: Literal["sphere", "box", "unbounded"] = "sphere"
+    learnable_scale: bool = False
+    scale: PositiveFloat = 1.0
+    similarity: Literal["cosine", "lp"] = "cosine"
+    p: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 2.0
+    tau: PositiveFloat = 1.0
+
+
+class TrainConfig(_Section):
+    """Optimisation. ``schedule: cosine`` decays the learning rate to 0 over ``steps``."""
+
+    batch_size: Annotated[int, Field(ge=2, le=1_000_000)] = 6144
+    steps: Annotated[int, Field(ge=0)] = 300_000
+    lr: PositiveFloat = 1.0e-4
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(ge=0)] = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: Annotated[int, Field(ge=1)] = 1000
+
+
+class EvalConfig(_Section):
+    """Evaluation on fresh samples every ``every`` steps and at the end."""
+
+    every: Annotated[int, Field(ge=1)] = 250
+    samples: Annotated[int, Field(ge=8, le=10_000_000)] = 4096
+    correlation: Literal["pearson", "spearman"] = "pearson"
+
+
+class RunConfig(_Section):
+    """A whole run."""
+
+    name: str | None = None
+    latent: LatentConfig = LatentConfig()
+    mixing: MixingConfig = MixingConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-ready dictionary of the full resolved config."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        """The full resolved config as YAML."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def mixing_seed(self) -> int:
+        """Seed of the mixing weights (``mixing.seed``, or the training seed)."""
+        return self.mixing.seed if self.mixing.seed is not None else self.train.seed
+
+
+# ----- validation ------------------------------------------------------------------------------------
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        # Discriminated unions insert the tag into the location: latent.conditional.vmf.kappa.
+        if i > 0 and loc[i - 1] in _TAGGED_FIELDS and part in _TAGS and i < len(loc) - 1:
+            continue
+        parts.append(str(part))
+    return ".".join(parts) or "<config>"
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    field = _field_path(tuple(err.get("loc", ())))
+    msg = err.get("msg", "invalid value")
+    if err.get("type") == "extra_forbidden":
+        return f"{field}: unknown key (check the spelling; see README 'Config format')"
+    if err.get("type") == "missing":
+        return f"{field}: required field is missing"
+    ctx = err.get("ctx") or {}
+    if err.get("type") == "union_tag_invalid":
+        return f"{field}.name: unknown name {ctx.get('tag')!r}, allowed: {ctx.get('expected_tags')}"
+    if err.get("type") == "union_tag_not_found":
+        return f"{field}: needs a 'name' key, got {err.get('input')!r}"
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "{...}"
+    return f"{field}: {msg[0].lower()}{msg[1:]}, got {shown}"
+
+
+def _check_combinations(cfg: RunConfig) -> None:
+    latent, model = cfg.latent, cfg.model
+    if latent.space == "sphere" and latent.dim < 2:
+        raise ConfigError(f"latent.dim: the sphere needs dim >= 2, got {latent.dim}")
+    if latent.box[0] >= latent.box[1]:
+        raise ConfigError(f"latent.box: must be [low, high] with low < high, got {latent.box}")
+    if latent.conditional.name == "vmf" and latent.space != "sphere":
+        raise ConfigError(
+            f"latent.conditional.name: vmf is only defined on space sphere, got space={latent.space} "
+            "(allowed there: normal, laplace, gennorm)"
+        )
+    if latent.marginal.name == "uniform" and latent.space == "unbounded":
+        raise ConfigError(
+            "latent.marginal.name: uniform needs a bounded space (sphere | box), got space=unbounded "
+            "(allowed there: normal, laplace, gennorm)"
+        )
+    if model.similarity == "cosine" and model.output != "sphere":
+        raise ConfigError(
+            f"model.similarity: cosine needs model.output sphere (a.b is unbounded elsewhere), "
+            f"got output={model.output} (use similarity lp)"
+        )
+
+
+def validate_config(data: Any) -> RunConfig:
+    """Validate a nested dictionary into a :class:`RunConfig` or raise a one-line :class:`ConfigError`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"<config>: must be a mapping of sections, got {type(data).__name__}")
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = _format_error(errors[0])
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(first + more) from None
+    _check_combinations(cfg)
+    return cfg
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], defaults: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (values parsed as YAML) to a nested dictionary copy.
+
+    A section that ``data`` lacks is first filled from ``defaults`` (the built-in defaults unless
+    given), so ``latent.conditional.kappa=10`` works on an empty config.
+    """
+    out = copy.deepcopy(data) if data else {}
+    defaults = RunConfig().to_dict() if defaults is None else defaults
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set: expected key.path=value, got {item!r}")
+        path, raw = item.split("=", 1)
+        keys = path.strip().split(".")
+        if not all(keys):
+            raise ConfigError(f"--set: expected key.path=value, got {item!r}")
+        try:
+            value = parse_yaml(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {path}: value is not valid YAML, got {raw!r}") from None
+        node, default = out, defaults
+        for key in keys[:-1]:
+            default = default.get(key) if isinstance(default, dict) else None
+            child = node.setdefault(key, copy.deepcopy(default) if isinstance(default, dict) else {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {path}: {key} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from ``path`` with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: file not found, got {str(path)!r}")
+    try:
+        data = parse_yaml(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config: {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML file (or the defaults when ``path`` is None), apply overrides, validate."""
+    data = read_yaml(path) if path is not None else {}
+    return validate_config(apply_overrides(data, overrides or []))

@@ -1,0 +1,337 @@
+"""Marginals p(z) and conditionals p(z~ | z) of the latent process, sampled in torch.
+
+Everything here takes an explicit ``torch.Generator`` and samples on the device of its inputs (or the
+device given), so a run is reproducible and never touches the global RNG.
+
+* Noise laws (``normal``, ``laplace``, ``gennorm``) are centred additive noise with a ``scale``.
+* On the sphere a noisy point is projected back onto it; on the box every coordinate that falls out
+  is resampled until it lies inside (the product of truncated 1-D laws); on R^n noise is added as is.
+* The von Mises-Fisher law uses Wood's (1994) rejection sampler, in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from clinvert.latents.spaces import Box, Space, Sphere
+
+#: Rejection rounds before giving up on keeping a box conditional inside the box.
+MAX_TRUNCATION_ROUNDS = 1000
+#: Candidates drawn per pending element in one round of a vectorised rejection sampler.
+_OVERSAMPLE = 4
+
+
+# --------------------------------------------------------------------------------------------------
+# Scalar laws with explicit generators
+# --------------------------------------------------------------------------------------------------
+def _rejection_fill(
+    num: int,
+    propose,  # Callable[[int], tuple[Tensor, Tensor]]: k -> (candidates [k], accepted [k])
+    dtype: torch.dtype,
+    device: torch.device,
+    max_rounds: int = 10_000,
+) -> Tensor:
+    """Fill ``num`` values from a vectorised rejection sampler ``propose``."""
+    out = torch.empty(num, dtype=dtype, device=device)
+    filled = 0
+    for _ in range(max_rounds):
+        if filled >= num:
+            return out
+        candidates, accepted = propose(_OVERSAMPLE * (num - filled) + 8)
+        kept = candidates[accepted][: num - filled]
+        out[filled : filled + kept.numel()] = kept
+        filled += kept.numel()
+    if filled >= num:
+        return out
+    raise RuntimeError("rejection sampler did not converge; this is a bug, please report it")
+
+
+def sample_gamma(
+    shape: float,
+    num: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
+    """Draw ``num`` samples of Gamma(shape, 1) (Marsaglia and Tsang, 2000), with an explicit generator.
+
+    For ``shape < 1`` the boost Gamma(a) = Gamma(a + 1) * U^(1/a) is used.
+    """
+    if not shape > 0:
+        raise ValueError(f"gamma shape must be > 0, got {shape}")
+    device = torch.device(device)
+    boost = shape < 1.0
+    a = shape + 1.0 if boost else shape
+    d = a - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+
+    def propose(k: int) -> tuple[Tensor, Tensor]:
+        x = torch.randn(k, generator=generator, device=device, dtype=dtype)
+        u = torch.rand(k, generator=generator, device=device, dtype=dtype)
+        v = (1.0 + c * x) ** 3
+        ok = v > 0
+        log_v = torch.log(torch.where(ok, v, torch.ones_like(v)))
+        accept = ok & (torch.log1p(-u) < 0.5 * x * x + d - d * v + d * log_v)
+        return d * v, accept
+
+    g = _rejection_fill(num, propose, dtype, device)
+    if boost:
+        u = 1.0 - torch.rand(num, generator=generator, device=device, dtype=dtype)  # (0, 1]
+        g = g * u ** (1.0 / shape)
+    return g
+
+
+def sample_beta_symmetric(
+    a: float, num: int, generator: torch.Generator | None, device: torch.device | str
+) -> Tensor:
+    """Draw ``num`` samples of Beta(a, a) in float64 as G1 / (G1 + G2)."""
+    g1 = sample_gamma(a, num, generator, device)
+    g2 = sample_gamma(a, num, generator, device)
+    return g1 / (g1 + g2)
+
+
+def normal_noise(shape: tuple[int, ...], scale: float, generator, device) -> Tensor:
+    """Centred Normal noise with standard deviation ``scale``."""
+    return scale * torch.randn(shape, generator=generator, device=device)
+
+
+def laplace_noise(shape: tuple[int, ...], scale: float, generator, device) -> Tensor:
+    """Centred Laplace noise with scale ``scale`` (density exp(-|x|/scale) / (2 scale))."""
+    exponential = -torch.log1p(-torch.rand(shape, generator=generator, device=device))
+    sign = torch.where(torch.rand(shape, generator=generator, device=device) < 0.5, -1.0, 1.0)
+    return scale * sign * exponential
+
+
+def gennorm_noise(shape: tuple[int, ...], beta: float, scale: float, generator, device) -> Tensor:
+    """Centred generalised normal noise, density proportional to exp(-|x / scale|^beta).
+
+    If X has this law then |X / scale|^beta ~ Gamma(1 / beta, 1); beta = 2 is Normal(scale / sqrt 2),
+    beta = 1 is Laplace(scale).
+    """
+    num = math.prod(shape)
+    g = sample_gamma(1.0 / beta, num, generator, device).to(torch.float32).reshape(shape)
+    sign = torch.where(torch.rand(shape, generator=generator, device=device) < 0.5, -1.0, 1.0)
+    return scale * sign * g ** (1.0 / beta)
+
+
+# --------------------------------------------------------------------------------------------------
+# von Mises-Fisher
+# --------------------------------------------------------------------------------------------------
+def _sample_vmf_cosine(
+    num: int, dim: int, kappa: float, generator: torch.Generator | None, device: torch.device
+) -> Tensor:
+    """Wood's rejection sampler for w = mu^T z~ under vMF(kappa) on S^{dim-1}, float64 [num]."""
+    m1 = dim - 1.0
+    # b = (-2 kappa + sqrt(4 kappa^2 + m1^2)) / m1, written without cancellation for large kappa.
+    b = m1 / (2.0 * kappa + math.sqrt(4.0 * kappa * kappa + m1 * m1))
+    x0 = (1.0 - b) / (1.0 + b)
+    c = kappa * x0 + m1 * math.log1p(-x0 * x0) if x0 < 1 else kappa * x0
+
+    def propose(k: int) -> tuple[Tensor, Tensor]:
+        beta = sample_beta_symmetric(m1 / 2.0, k, generator, device)
+        w = (1.0 - (1.0 + b) * beta) / (1.0 - (1.0 - b) * beta)
+        u = 1.0 - torch.rand(k, generator=generator, device=device, dtype=torch.float64)
+        accept = kappa * w + m1 * torch.log1p(-x0 * w) - c >= torch.log(u)
+        return w, accept
+
+    return _rejection_fill(num, propose, torch.float64, device)
+
+
+def sample_vmf(mu: Tensor, kappa: float, generator: torch.Generator | None = None) -> Tensor:
+    """Sample one point from the von Mises-Fisher law vMF(mu_i, kappa) for every row of ``mu``.
+
+    Density on S^{n-1}: proportional to exp(kappa * mu^T z). Wood's (1994) algorithm, vectorised over
+    the batch and computed in float64 so that kappa from 1e-3 to 1e5 stays accurate.
+
+    Args:
+        mu: mean directions [B, n], n >= 2 (rows are normalised here).
+        kappa: concentration, > 0.
+        generator: torch generator on ``mu``'s device.
+
+    Returns:
+        Samples [B, n] on the unit sphere, with ``mu``'s dtype and device.
+    """
+    if mu.ndim != 2 or mu.shape[1] < 2:
+        raise ValueError(f"mu must have shape [B, n] with n >= 2, got {tuple(mu.shape)}")
+    if not (math.isfinite(kappa) and kappa > 0):
+        raise ValueError(f"kappa must be a finite number > 0, got {kappa}")
+    num, dim = mu.shape
+    device = mu.device
+    mu64 = mu.to(torch.float64)
+    mu64 = mu64 / mu64.norm(dim=1, keepdim=True)
+    w = _sample_vmf_cosine(num, dim, float(kappa), generator, device)
+    # A direction orthogonal to mu, uniform on the great sphere of tangents.
+    v = torch.randn(num, dim, generator=generator, device=device, dtype=torch.float64)
+    v = v - (v * mu64).sum(dim=1, keepdim=True) * mu64
+    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    tangent = torch.sqrt(torch.clamp((1.0 - w) * (1.0 + w), min=0.0))
+    z = w[:, None] * mu64 + tangent[:, None] * v
+    dtype = mu.dtype if mu.dtype.is_floating_point else torch.float32
+    return z.to(dtype)
+
+
+def vmf_mean_cosine(dim: int, kappa: float) -> float:
+    """A_n(kappa) = I_{n/2}(kappa) / I_{n/2-1}(kappa) = E[mu^T z~] under vMF(mu, kappa) on S^{n-1}."""
+    from scipy.special import ive
+
+    return float(ive(dim / 2.0, kappa) / ive(dim / 2.0 - 1.0, kappa))
+
+
+# --------------------------------------------------------------------------------------------------
+# Marginals and conditionals
+# --------------------------------------------------------------------------------------------------
+class NoiseLaw:
+    """A centred noise law with named parameters: normal{scale}, laplace{scale}, gennorm{beta, scale}."""
+
+    def __init__(self, name: str, scale: float, beta: float | None = None) -> None:
+        if name not in ("normal", "laplace", "gennorm"):
+            raise ValueError(f"noise name must be one of normal, laplace, gennorm; got {name!r}")
+        if not scale > 0:
+            raise ValueError(f"{name}.scale must be > 0, got {scale}")
+        if name == "gennorm" and not (beta is not None and beta > 0):
+            raise ValueError(f"gennorm.beta must be > 0, got {beta}")
+        self.name, self.scale, self.beta = name, float(scale), beta
+
+    def sample(self, shape: tuple[int, ...], generator, device) -> Tensor:
+        """Draw centred noise of the given shape."""
+        if self.name == "normal":
+            return normal_noise(shape, self.scale, generator, device)
+        if self.name == "laplace":
+            return laplace_noise(shape, self.scale, generator, device)
+        return gennorm_noise(shape, float(self.beta), self.scale, generator, device)
+
+    def __repr__(self) -> str:
+        beta = f", beta={self.beta}" if self.name == "gennorm" else ""
+        return f"{self.name}(scale={self.scale}{beta})"
+
+
+def truncated_add(
+    centre: Tensor, noise: NoiseLaw, box: Box, generator: torch.Generator | None
+) -> Tensor:
+    """centre + noise, every coordinate resampled until it lies in ``box`` (truncated law)."""
+    out = centre + noise.sample(tuple(centre.shape), generator, centre.device)
+    outside = ~box.inside(out)
+    for _ in range(MAX_TRUNCATION_ROUNDS):
+        if not bool(outside.any()):
+            return out
+        fresh = centre + noise.sample(tuple(centre.shape), generator, centre.device)
+        out = torch.where(outside, fresh, out)
+        outside = ~box.inside(out)
+    raise ValueError(
+        f"{noise!r} is too wide for the box [{box.low}, {box.high}]: coordinates still outside "
+        f"after {MAX_TRUNCATION_ROUNDS} resampling rounds; use a smaller scale"
+    )
+
+
+def perturb(z: Tensor, noise: NoiseLaw, space: Space, generator: torch.Generator | None) -> Tensor:
+    """z + noise kept in ``space``: projected on the sphere, truncated in the box, as is in R^n."""
+    if isinstance(space, Box):
+        return truncated_add(z, noise, space, generator)
+    return space.project(z + noise.sample(tuple(z.shape), generator, z.device))
+
+
+class Marginal(ABC):
+    """A marginal law p(z) on a space."""
+
+    name: str = ""
+
+    @abstractmethod
+    def sample(
+        self, space: Space, num: int, generator: torch.Generator | None, device: torch.device
+    ) -> Tensor:
+        """Draw ``num`` latents [num, space.dim]."""
+
+
+class UniformMarginal(Marginal):
+    """The uniform law on a bounded space (sphere or box)."""
+
+    name = "uniform"
+
+    def sample(self, space, num, generator, device):
+        return space.uniform(num, generator, device)
+
+    def __repr__(self) -> str:
+        return "uniform()"
+
+
+class NoiseMarginal(Marginal):
+    """A noise law around a fixed location: 0 in R^n, the box centre (truncated), e_1 on the sphere.
+
+    On the sphere the location is the first basis vector, so the projected law is not uniform.
+    """
+
+    def __init__(self, law: NoiseLaw) -> None:
+        self.law = law
+        self.name = law.name
+
+    def sample(self, space, num, generator, device):
+        loc = torch.zeros(num, space.dim, device=device)
+        if isinstance(space, Sphere):
+            loc[:, 0] = 1.0
+        elif isinstance(space, Box):
+            loc.fill_(space.centre)
+        return perturb(loc, self.law, space, generator)
+
+    def __repr__(self) -> str:
+        return repr(self.law)
+
+
+class Conditional(ABC):
+    """A conditional law p(z~ | z) on a space: the positive partner of z."""
+
+    name: str = ""
+
+    @abstractmethod
+    def sample(self, space: Space, z: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Draw one z~ for every row of ``z`` [B, dim]."""
+
+
+class VMFConditional(Conditional):
+    """von Mises-Fisher around z on the sphere, concentration ``kappa``."""
+
+    name = "vmf"
+
+    def __init__(self, kappa: float) -> None:
+        if not kappa > 0:
+            raise ValueError(f"conditional.kappa must be > 0, got {kappa}")
+        self.kappa = float(kappa)
+
+    def sample(self, space, z, generator):
+        if not isinstance(space, Sphere):
+            raise ValueError(f"conditional vmf is only defined on the sphere, got {space.name}")
+        return sample_vmf(z, self.kappa, generator)
+
+    def __repr__(self) -> str:
+        return f"vmf(kappa={self.kappa})"
+
+
+class NoiseConditional(Conditional):
+    """z + noise, kept in the space (projected on the sphere, truncated in the box)."""
+
+    def __init__(self, law: NoiseLaw) -> None:
+        self.law = law
+        self.name = law.name
+
+    def sample(self, space, z, generator):
+        return perturb(z, self.law, space, generator)
+
+    def __repr__(self) -> str:
+        return repr(self.law)
+
+
+def make_marginal(name: str, **params: float) -> Marginal:
+    """Build a marginal from its config name and parameters."""
+    if name == "uniform":
+        return UniformMarginal()
+    return NoiseMarginal(NoiseLaw(name, **params))
+
+
+def make_conditional(name: str, **params: float) -> Conditional:
+    """Build a conditional from its config name and parameters."""
+    if name == "vmf":
+        return VMFConditional(**params)
+    return NoiseConditional(NoiseLaw(name, **params))

@@ -1,0 +1,159 @@
+"""The InfoNCE family as pure functions, with thin ``nn.Module`` wrappers.
+
+For anchors a_i = f(x_i) and positives p_i = f(x~_i), i = 1..B, with the other positives as negatives:
+
+    L = mean_i [ -log softmax_j( s(a_i, p_j) / tau )[i] ]
+      = mean_i [ -s(a_i, p_i) / tau ] + mean_i [ logsumexp_j s(a_i, p_j) / tau ]
+      =          alignment             +     (uniformity + log B)
+
+Similarities (registry ``SIMILARITIES``, keyed by config name):
+
+* ``cosine``: s(a, b) = a^T b. Inputs are used as given; putting them on a sphere is the head's job.
+* ``lp``: s(a, b) = -||a - b||_p^p, p >= 1.
+
+Nothing here materialises a [B, B, d] tensor: similarities go through a matrix product or
+``torch.cdist``, which stream over d.
+
+Reference: Zimmermann et al., Contrastive Learning Inverts the Data Generating Process, ICML 2021,
+eq. (1); van den Oord et al., 2018.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def cosine_similarity_matrix(a: Tensor, b: Tensor, p: float = 2.0) -> Tensor:
+    """s_ij = a_i^T b_j, [B, d] x [M, d] -> [B, M]. ``p`` is ignored."""
+    return a @ b.T
+
+
+def lp_similarity_matrix(a: Tensor, b: Tensor, p: float = 2.0) -> Tensor:
+    """s_ij = -||a_i - b_j||_p^p, [B, d] x [M, d] -> [B, M], without a [B, M, d] tensor."""
+    if p == 2.0:
+        # ||a||^2 + ||b||^2 - 2 a.b: one matrix product, exact gradient at zero distance.
+        sq = (a * a).sum(-1, keepdim=True) + (b * b).sum(-1)[None, :] - 2.0 * (a @ b.T)
+        return -sq.clamp_min(0.0)
+    dist = torch.cdist(a, b, p=p)  # [B, M] = ||a_i - b_j||_p
+    return -(dist if p == 1.0 else dist.pow(p))
+
+
+def lp_similarity_pairs(a: Tensor, b: Tensor, p: float = 2.0) -> Tensor:
+    """s(a_i, b_i) = -||a_i - b_i||_p^p row by row, [B, d] x [B, d] -> [B]."""
+    return -(a - b).abs().pow(p).sum(-1)
+
+
+def cosine_similarity_pairs(a: Tensor, b: Tensor, p: float = 2.0) -> Tensor:
+    """s(a_i, b_i) = a_i^T b_i row by row, [B, d] x [B, d] -> [B]."""
+    return (a * b).sum(-1)
+
+
+#: Similarity registry: name -> (matrix form [B, M], paired form [B]).
+SIMILARITIES: dict[str, tuple[Callable[..., Tensor], Callable[..., Tensor]]] = {
+    "cosine": (cosine_similarity_matrix, cosine_similarity_pairs),
+    "lp": (lp_similarity_matrix, lp_similarity_pairs),
+}
+
+
+def _check(anchor: Tensor, positive: Tensor, similarity: str, p: float, tau: float) -> None:
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}")
+    if not (math.isfinite(tau) and tau > 0):
+        raise ValueError(f"tau must be a finite number > 0, got {tau}")
+    if similarity == "lp" and not (math.isfinite(p) and p >= 1):
+        raise ValueError(f"p must be a finite number >= 1 for the lp similarity, got {p}")
+    if anchor.ndim != 2 or anchor.shape != positive.shape:
+        raise ValueError(
+            "anchor and positive must both have shape [B, d], got "
+            f"{tuple(anchor.shape)} and {tuple(positive.shape)}"
+        )
+
+
+def logits(anchor: Tensor, positive: Tensor, *, similarity: str = "cosine", p: float = 2.0,
+           tau: float = 1.0) -> Tensor:
+    """The [B, B] matrix s(anchor_i, positive_j) / tau."""
+    _check(anchor, positive, similarity, p, tau)
+    return SIMILARITIES[similarity][0](anchor, positive, p) / tau
+
+
+def info_nce(
+    anchor: Tensor,
+    positive: Tensor,
+    *,
+    similarity: str = "cosine",
+    p: float = 2.0,
+    tau: float = 1.0,
+) -> Tensor:
+    """InfoNCE: mean_i [ -log softmax_j( s(anchor_i, positive_j) / tau )[i] ].
+
+    Args:
+        anchor: [B, d] encodings of the anchors.
+        positive: [B, d] encodings of their positive partners; row j != i is a negative for anchor i.
+        similarity: ``"cosine"`` (s = a.b, inputs used as given) or ``"lp"`` (s = -||a - b||_p^p).
+        p: exponent of the ``lp`` similarity, >= 1.
+        tau: temperature, > 0.
+
+    Returns:
+        The scalar loss.
+
+    Example:
+        >>> a = torch.nn.functional.normalize(torch.randn(8, 3), dim=1)
+        >>> float(info_nce(a, a, tau=0.1)) < float(info_nce(a, a.roll(1, 0), tau=0.1))
+        True
+    """
+    scores = logits(anchor, positive, similarity=similarity, p=p, tau=tau)  # [B, B]
+    target = torch.arange(scores.shape[0], device=scores.device)
+    return F.cross_entropy(scores, target)
+
+
+def alignment(anchor: Tensor, positive: Tensor, *, similarity: str = "cosine", p: float = 2.0,
+              tau: float = 1.0) -> Tensor:
+    """Alignment term mean_i [ -s(anchor_i, positive_i) / tau ] (pulls positives together)."""
+    _check(anchor, positive, similarity, p, tau)
+    return -(SIMILARITIES[similarity][1](anchor, positive, p) / tau).mean()
+
+
+def uniformity(anchor: Tensor, positive: Tensor, *, similarity: str = "cosine", p: float = 2.0,
+               tau: float = 1.0) -> Tensor:
+    """Uniformity term mean_i [ logsumexp_j s(anchor_i, positive_j) / tau ] - log B.
+
+    With these definitions ``info_nce == alignment + uniformity + log B`` exactly; as B grows the
+    uniformity term tends to the (negative) log-partition of the model's conditional.
+    """
+    scores = logits(anchor, positive, similarity=similarity, p=p, tau=tau)
+    return torch.logsumexp(scores, dim=1).mean() - math.log(scores.shape[0])
+
+
+class InfoNCE(nn.Module):
+    """``nn.Module`` wrapper of :func:`info_nce` with arguments checked at construction.
+
+    Args:
+        similarity: ``"cosine"`` or ``"lp"``.
+        p: exponent of the ``lp`` similarity (>= 1); p = 1 matches Laplace, p = 2 Normal conditionals.
+        tau: temperature (> 0).
+
+    Example:
+        >>> loss = InfoNCE("lp", p=1.0, tau=1.0)
+        >>> float(loss(torch.zeros(4, 2), torch.zeros(4, 2))) == math.log(4)
+        True
+    """
+
+    def __init__(self, similarity: str = "cosine", p: float = 2.0, tau: float = 1.0) -> None:
+        super().__init__()
+        _check(torch.zeros(1, 1), torch.zeros(1, 1), similarity, p, tau)
+        self.similarity, self.p, self.tau = similarity, float(p), float(tau)
+
+    def forward(self, anchor: Tensor, positive: Tensor) -> Tensor:
+        """Scalar loss for [B, d] anchors and positives."""
+        return info_nce(anchor, positive, similarity=self.similarity, p=self.p, tau=self.tau)
+
+    def extra_repr(self) -> str:
+        return f"similarity={self.similarity!r}, p={self.p}, tau={self.tau}"
+
+
+LOSSES: dict[str, Callable[..., Tensor]] = {"info_nce": info_nce}

@@ -1,0 +1,102 @@
+"""Identifiability scores as pure functions of (true latents z, recovered latents h).
+
+* :func:`r2` -- affine identifiability: fit z ~ A h + b by least squares on one half of the samples,
+  report R^2 on the other half, averaged over the latent dimensions.
+* :func:`mcc` -- permutation identifiability: the |correlation| matrix between z and h, a Hungarian
+  matching on it (``scipy.optimize.linear_sum_assignment``), the mean matched |correlation|.
+
+Both accept numpy arrays or torch tensors of shape [N, n] (h may have another width).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.stats import rankdata
+from sklearn.linear_model import LinearRegression
+from sklearn.metrics import r2_score
+
+ArrayLike = object  # numpy array or torch tensor
+
+
+def _as_numpy(x: ArrayLike, name: str) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must have shape [N, n], got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains non-finite values")
+    return arr
+
+
+def _pair(z: ArrayLike, h: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    z_, h_ = _as_numpy(z, "z"), _as_numpy(h, "h")
+    if z_.shape[0] != h_.shape[0]:
+        raise ValueError(f"z and h need the same number of samples, got {z_.shape[0]} and {h_.shape[0]}")
+    if z_.shape[0] < 4:
+        raise ValueError(f"need at least 4 samples, got {z_.shape[0]}")
+    return z_, h_
+
+
+def r2_per_dim(z: ArrayLike, h: ArrayLike, seed: int = 0) -> np.ndarray:
+    """Held-out R^2 of an affine fit from h to each latent dimension of z, shape [n].
+
+    The samples are split at random (``seed``) into two halves: fit on one, score on the other.
+    """
+    z_, h_ = _pair(z, h)
+    order = np.random.default_rng(seed).permutation(z_.shape[0])
+    half = z_.shape[0] // 2
+    fit, test = order[:half], order[half:]
+    model = LinearRegression().fit(h_[fit], z_[fit])
+    return np.atleast_1d(r2_score(z_[test], model.predict(h_[test]), multioutput="raw_values"))
+
+
+def r2(z: ArrayLike, h: ArrayLike, seed: int = 0) -> float:
+    """Held-out affine R^2 from h to z, averaged over the latent dimensions (1 = affine inverse)."""
+    return float(np.mean(r2_per_dim(z, h, seed)))
+
+
+def _pearson(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def _spearman(a: np.ndarray) -> np.ndarray:
+    return np.apply_along_axis(rankdata, 0, a)
+
+
+_CORRELATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "pearson": _pearson,
+    "spearman": _spearman,
+}
+
+
+def correlation_matrix(z: ArrayLike, h: ArrayLike, correlation: str = "pearson") -> np.ndarray:
+    """[n_z, n_h] matrix of correlations between the columns of z and h (0 for constant columns)."""
+    if correlation not in _CORRELATIONS:
+        raise ValueError(f"correlation must be one of {', '.join(_CORRELATIONS)}, got {correlation!r}")
+    z_, h_ = _pair(z, h)
+    a, b = _CORRELATIONS[correlation](z_), _CORRELATIONS[correlation](h_)
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    na, nb = np.linalg.norm(a, axis=0), np.linalg.norm(b, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corr = (a.T @ b) / np.outer(na, nb)
+    return np.nan_to_num(corr, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def mcc(z: ArrayLike, h: ArrayLike, correlation: str = "pearson") -> float:
+    """Mean correlation coefficient after Hungarian matching of latent and recovered dimensions.
+
+    1 means h is a signed permutation of z with per-dimension scaling (for Pearson) or monotone
+    per-dimension maps (for Spearman).
+    """
+    corr = np.abs(correlation_matrix(z, h, correlation))
+    rows, cols = linear_sum_assignment(-corr)
+    return float(corr[rows, cols].mean())
+
+
+#: Metric registry: name -> function(z, h) -> float.
+METRICS: dict[str, Callable[..., float]] = {"r2": r2, "mcc": mcc}

@@ -1,0 +1,41 @@
+"""The paper's MLP encoder: n -> 10n -> 50n -> 50n -> 50n -> 50n -> 10n -> d, LeakyReLU between."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+#: Hidden widths of the paper's encoder as multiples of the input dimension n.
+PAPER_WIDTHS = (10, 50, 50, 50, 50, 10)
+
+
+class MLPEncoder(nn.Module):
+    """A fully connected encoder f: R^n -> R^d.
+
+    Args:
+        in_dim: input dimension n.
+        out_dim: output dimension d (before the head).
+        widths: hidden widths as multiples of ``in_dim`` (the paper's ``(10, 50, 50, 50, 50, 10)``).
+        negative_slope: slope of the LeakyReLU between layers.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        widths: Sequence[int] = PAPER_WIDTHS,
+        negative_slope: float = 0.01,
+    ) -> None:
+        super().__init__()
+        sizes = [in_dim, *(w * in_dim for w in widths), out_dim]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(nn.LeakyReLU(negative_slope))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, n] -> [B, d]."""
+        return self.net(x)

@@ -1,0 +1,106 @@
+"""Config validation: every bad field is one line naming the field, the value and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clinvert.config import ConfigError, RunConfig, apply_overrides, load_config, parse_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def error_for(overrides: list[str]) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_defaults_are_the_paper_setting() -> None:
+    cfg = load_config()
+    assert cfg.latent.dim == 10 and cfg.latent.space == "sphere"
+    assert cfg.train.batch_size == 6144 and cfg.train.steps == 300_000 and cfg.train.lr == 1e-4
+    assert cfg.model.widths == [10, 50, 50, 50, 50, 10]
+
+
+@pytest.mark.parametrize(
+    "overrides,field,allowed",
+    [
+        (["latent.conditional.kappa=-1"], "latent.conditional.kappa", "greater than 0"),
+        (["latent.conditional.kappa=0"], "latent.conditional.kappa", "greater than 0"),
+        (["latent.space=box"], "latent.conditional.name", "normal, laplace, gennorm"),
+        (["latent.space=cube"], "latent.space", "'sphere', 'box' or 'unbounded'"),
+        (["latent.marginal.name=cauchy"], "latent.marginal.name", "'uniform', 'normal'"),
+        (["latent.conditional.name=vonmises"], "latent.conditional.name", "'vmf'"),
+        (
+            ["latent.space=unbounded", "latent.conditional={name: normal, scale: 1}"],
+            "latent.marginal.name",
+            "bounded space",
+        ),
+        (["latent.dim=ten"], "latent.dim", "valid integer"),
+        (["latent.dim=10.5"], "latent.dim", "valid integer"),
+        (["train.lr=fast"], "train.lr", "valid number"),
+        (["train.lr=.nan"], "train.lr", "finite"),
+        (["train.batch_size=1"], "train.batch_size", "greater than or equal to 2"),
+        (["model.learnable_scale=maybe"], "model.learnable_scale", "valid boolean"),
+        (["model.p=0.5"], "model.p", "greater than or equal to 1"),
+        (["model.output=box"], "model.similarity", "use similarity lp"),
+        (["latent.box=[1, 0]"], "latent.box", "low < high"),
+        (["latent.tpyo=1"], "latent.tpyo", "unknown key"),
+        (["latent.conditional={kappa: 1}"], "latent.conditional", "'name'"),
+        (["latent.conditional={name: gennorm, scale: 0.1}"], "latent.conditional.beta", "missing"),
+        (["train.device=tpu"], "train.device", "'auto', 'cpu' or 'cuda'"),
+    ],
+)
+def test_invalid_fields_fail_with_one_line_naming_field_and_allowed(overrides, field, allowed) -> None:
+    message = error_for(overrides)
+    assert message.startswith(field), message
+    assert allowed in message, message
+
+
+def test_error_names_the_value() -> None:
+    assert "got -1" in error_for(["latent.conditional.kappa=-1"])
+    assert "got 'cube'" in error_for(["latent.space=cube"])
+    assert "space=box" in error_for(["latent.space=box"])
+
+
+def test_yaml_reads_exponents_without_a_dot_as_floats() -> None:
+    assert parse_yaml("lr: 1e-4") == {"lr": 1e-4}
+    assert load_config(None, ["train.lr=3e-4"]).train.lr == 3e-4
+
+
+def test_overrides_fill_missing_sections_from_defaults() -> None:
+    data = apply_overrides({}, ["latent.conditional.kappa=10"])
+    assert data["latent"]["conditional"] == {"name": "vmf", "kappa": 10}
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        apply_overrides({}, ["latent.dim"])
+
+
+def test_config_round_trips_through_yaml(tmp_path: Path) -> None:
+    cfg = load_config(None, ["latent.space=box", "latent.conditional={name: laplace, scale: 0.1}",
+                             "model.output=box", "model.similarity=lp", "model.p=1"])
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("latent: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(bad)
+
+
+def test_shipped_configs_are_valid() -> None:
+    paths = sorted((ROOT / "configs").rglob("*.yaml")) + [ROOT / "src/clinvert/defaults/demo.yaml"]
+    assert len(paths) >= 3
+    for path in paths:
+        assert isinstance(load_config(path), RunConfig), path

@@ -1,0 +1,73 @@
+"""R^2 and MCC on maps whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clinvert.metrics import correlation_matrix, mcc, r2, r2_per_dim
+
+
+@pytest.fixture
+def z() -> np.ndarray:
+    return np.random.default_rng(0).uniform(size=(4000, 10))
+
+
+def signed_permutation(n: int, rng: np.random.Generator) -> np.ndarray:
+    return np.eye(n)[rng.permutation(n)] * rng.choice([-1, 1], n) * rng.uniform(0.2, 5.0, n)
+
+
+def random_rotation(n: int, rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(n, n)))
+    return q * np.sign(np.diag(r))
+
+
+def test_r2_is_one_for_affine_maps(z) -> None:
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(10, 10))
+    assert r2(z, z @ a + 3.0) == pytest.approx(1.0, abs=1e-9)
+    np.testing.assert_allclose(r2_per_dim(z, z @ a), 1.0, atol=1e-9)
+
+
+def test_r2_is_held_out_and_low_for_noise(z) -> None:
+    noise = np.random.default_rng(2).normal(size=(4000, 50))
+    # In-sample, 50 noise features would explain ~50/2000 of the variance; held out it is <= 0.
+    assert r2(z, noise) < 0.01
+
+
+def test_mcc_is_one_for_signed_permutations_with_scaling(z) -> None:
+    rng = np.random.default_rng(3)
+    assert mcc(z, z @ signed_permutation(10, rng) + 1.0) == pytest.approx(1.0, abs=1e-12)
+    assert mcc(z, np.exp(z) @ np.eye(10)[::-1], correlation="spearman") == pytest.approx(1.0)
+
+
+def test_mcc_is_clearly_below_one_for_a_random_rotation(z) -> None:
+    rng = np.random.default_rng(4)
+    h = z @ random_rotation(10, rng)
+    assert r2(z, h) == pytest.approx(1.0, abs=1e-9)
+    assert mcc(z, h) < 0.8
+
+
+def test_metrics_accept_tensors(z) -> None:
+    t = torch.from_numpy(z).float()
+    assert mcc(t, t) == pytest.approx(1.0, abs=1e-6)
+    assert r2(t, t * 2) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_constant_columns_count_as_uncorrelated(z) -> None:
+    h = z.copy()
+    h[:, 0] = 1.0
+    assert correlation_matrix(z, h)[0, 0] == 0.0
+    assert mcc(z, h) == pytest.approx(0.9, abs=0.01)
+
+
+def test_metrics_reject_bad_input(z) -> None:
+    with pytest.raises(ValueError, match="same number of samples"):
+        mcc(z, z[:10])
+    with pytest.raises(ValueError, match="shape"):
+        r2(z[:, 0], z[:, 0])
+    with pytest.raises(ValueError, match="non-finite"):
+        r2(z, np.full_like(z, np.nan))
+    with pytest.raises(ValueError, match="correlation must be"):
+        mcc(z, z, correlation="kendall")
