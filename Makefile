@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install clinvert with dev extras (idempotent)
 
-run: $(STAMP) ## train the demo on the embedded defaults and print identity vs learned scores
-	$(VENV)/bin/clinvert demo --out runs/demo
+run: $(STAMP) ## quick reproduction of the headline rows (embedded defaults), then the report
+	$(VENV)/bin/clinvert headline --out runs/headline
 
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q

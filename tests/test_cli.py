@@ -13,8 +13,12 @@ import yaml
 from clinvert.cli import main
 
 TINY = {
-    "latent": {"dim": 4, "space": "box", "marginal": {"name": "uniform"},
-               "conditional": {"name": "laplace", "scale": 0.1}},
+    "latent": {
+        "dim": 4,
+        "space": "box",
+        "marginal": {"name": "uniform"},
+        "conditional": {"name": "laplace", "scale": 0.1},
+    },
     "model": {"output": "box", "similarity": "lp", "p": 1.0, "widths": [4, 4]},
     "train": {"batch_size": 64, "steps": 20, "lr": 1e-3, "device": "cpu", "checkpoint_every": 10},
     "eval": {"every": 10, "samples": 256},
@@ -33,8 +37,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["demo", "--help"],
-                                  ["config", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["train", "--help"], ["demo", "--help"], ["config", "--help"]]
+)
 def test_help_is_useful(args) -> None:
     out = run_cli(*args)
     assert out.returncode == 0
@@ -44,11 +49,15 @@ def test_help_is_useful(args) -> None:
 
 
 def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, {"latent": {"space": "box", "conditional": {"name": "vmf", "kappa": 1}}})
+    cfg = write_config(
+        tmp_path, {"latent": {"space": "box", "conditional": {"name": "vmf", "kappa": 1}}}
+    )
     out = run_cli("train", str(cfg), "--out", str(tmp_path / "run"))
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "latent.conditional.name" in lines[0] and "Traceback" not in out.stderr
+    assert (
+        len(lines) == 1 and "latent.conditional.name" in lines[0] and "Traceback" not in out.stderr
+    )
     assert not (tmp_path / "run").exists()
 
 

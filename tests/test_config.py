@@ -55,7 +55,9 @@ def test_defaults_are_the_paper_setting() -> None:
         (["train.device=tpu"], "train.device", "'auto', 'cpu' or 'cuda'"),
     ],
 )
-def test_invalid_fields_fail_with_one_line_naming_field_and_allowed(overrides, field, allowed) -> None:
+def test_invalid_fields_fail_with_one_line_naming_field_and_allowed(
+    overrides, field, allowed
+) -> None:
     message = error_for(overrides)
     assert message.startswith(field), message
     assert allowed in message, message
@@ -80,8 +82,16 @@ def test_overrides_fill_missing_sections_from_defaults() -> None:
 
 
 def test_config_round_trips_through_yaml(tmp_path: Path) -> None:
-    cfg = load_config(None, ["latent.space=box", "latent.conditional={name: laplace, scale: 0.1}",
-                             "model.output=box", "model.similarity=lp", "model.p=1"])
+    cfg = load_config(
+        None,
+        [
+            "latent.space=box",
+            "latent.conditional={name: laplace, scale: 0.1}",
+            "model.output=box",
+            "model.similarity=lp",
+            "model.p=1",
+        ],
+    )
     path = tmp_path / "c.yaml"
     path.write_text(cfg.to_yaml())
     assert load_config(path) == cfg

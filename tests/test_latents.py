@@ -106,7 +106,11 @@ def _noise_variance(name: str, scale: float, beta: float | None = None) -> float
 
 @pytest.mark.parametrize(
     "name,params",
-    [("normal", {"scale": 0.5}), ("laplace", {"scale": 0.5}), ("gennorm", {"beta": 3.0, "scale": 0.5})],
+    [
+        ("normal", {"scale": 0.5}),
+        ("laplace", {"scale": 0.5}),
+        ("gennorm", {"beta": 3.0, "scale": 0.5}),
+    ],
 )
 def test_unbounded_conditional_noise_moments(name: str, params: dict) -> None:
     process = LatentProcess(
@@ -127,10 +131,18 @@ def test_gennorm_kurtosis_is_that_of_beta_three() -> None:
     assert abs(ratio - expected) < 0.03
 
 
-@pytest.mark.parametrize("name,params", [("normal", {"scale": 0.3}), ("laplace", {"scale": 0.3}),
-                                         ("gennorm", {"beta": 3.0, "scale": 0.3})])
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("normal", {"scale": 0.3}),
+        ("laplace", {"scale": 0.3}),
+        ("gennorm", {"beta": 3.0, "scale": 0.3}),
+    ],
+)
 def test_box_conditional_stays_in_the_box(name: str, params: dict) -> None:
-    process = LatentProcess(Box(10, -1.0, 2.0), make_marginal("uniform"), make_conditional(name, **params))
+    process = LatentProcess(
+        Box(10, -1.0, 2.0), make_marginal("uniform"), make_conditional(name, **params)
+    )
     z, z_tilde = process.sample_pairs(20_000, gen(0))
     assert process.space.contains(z).all()
     assert process.space.contains(z_tilde).all()

@@ -52,18 +52,25 @@ def test_info_nce_is_alignment_plus_uniformity_plus_log_batch(similarity, p) -> 
 
 
 def test_info_nce_of_identical_points_is_log_batch() -> None:
-    assert float(InfoNCE("lp", p=1.0)(torch.zeros(8, 3), torch.zeros(8, 3))) == pytest.approx(math.log(8))
+    assert float(InfoNCE("lp", p=1.0)(torch.zeros(8, 3), torch.zeros(8, 3))) == pytest.approx(
+        math.log(8)
+    )
 
 
 def test_info_nce_rewards_aligned_positives() -> None:
-    a = torch.nn.functional.normalize(torch.randn(64, 8, generator=torch.Generator().manual_seed(2)), dim=1)
+    a = torch.nn.functional.normalize(
+        torch.randn(64, 8, generator=torch.Generator().manual_seed(2)), dim=1
+    )
     assert info_nce(a, a, tau=0.1) < info_nce(a, a.roll(1, 0), tau=0.1)
 
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"similarity": "dot"}, "similarity must be one of"), ({"tau": 0.0}, "tau"),
-     ({"similarity": "lp", "p": 0.5}, "p must be")],
+    [
+        ({"similarity": "dot"}, "similarity must be one of"),
+        ({"tau": 0.0}, "tau"),
+        ({"similarity": "lp", "p": 0.5}, "p must be"),
+    ],
 )
 def test_info_nce_rejects_bad_arguments(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):

@@ -1,9 +1,9 @@
 """The ``clinvert`` command.
 
-    clinvert train CONFIG.yaml --out DIR [--set key.path=value ...] [--force]
-    clinvert train --resume DIR [--steps N]
-    clinvert demo [--out DIR]
-    clinvert config [CONFIG.yaml] [--set key.path=value ...]
+clinvert train CONFIG.yaml --out DIR [--set key.path=value ...] [--force]
+clinvert train --resume DIR [--steps N]
+clinvert demo [--out DIR]
+clinvert config [CONFIG.yaml] [--set key.path=value ...]
 """
 
 from __future__ import annotations
@@ -79,11 +79,70 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
 
     p = sub.add_parser(
+        "reproduce",
+        help="reproduce a synthetic table of the paper (rows x seeds, resumable)",
+        description=(
+            "Run every row of a table (configs/synthetic/TABLE/*.yaml) for every seed, with the "
+            "contrastive objective and the supervised baseline, as ordinary run directories under "
+            "OUT/runs/. Finished runs are skipped and interrupted ones resumed, so running the same "
+            "command again continues where it stopped. Writes OUT/TABLE.json and OUT/TABLE.md."
+        ),
+        epilog=(
+            "examples:\n"
+            "  clinvert reproduce table2 --quick --seeds 3 --out results/quick\n"
+            "  clinvert reproduce table1 --quick --rows sphere-uniform-vmf1__sphere-cosine --out r\n"
+            "  clinvert reproduce table1 --backend ray --address auto --out results/paper\n"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("table", choices=["table1", "table2"], help="which table")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--quick", action="store_true", help="use each row's 'quick' profile")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per row (default 5)")
+    p.add_argument("--rows", help="comma-separated row names (default: all rows)")
+    p.add_argument("--backend", default="local", help="local (processes, default) or ray")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    p.add_argument(
+        "--configs",
+        help="folder holding table1/ and table2/ row configs (default: configs/synthetic)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "headline",
+        help="quick reproduction of the headline rows, with report (what `make run` runs)",
+        description=(
+            "Reproduce, with each row's quick profile, the headline rows: the matched sphere/vMF "
+            "row (R^2), the matched box/Laplace/L1 row (MCC) and the box/Normal/L2 row (the "
+            "Gaussian exception: high R^2, low MCC). Resumable; then writes the report."
+        ),
+    )
+    p.add_argument(
+        "--out", default="runs/headline", help="output directory (default runs/headline)"
+    )
+    p.add_argument("--seeds", type=int, default=2, help="seeds per row (default 2)")
+    p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "report",
+        help="render tables and plots of a reproduction directory into report.html",
+        description=(
+            "Render OUT/report.html (self-contained) and PNG plots from a reproduction directory: "
+            "per-row bars against identity and supervised, training curves, and a scatter of true "
+            "versus recovered latents for one run per table."
+        ),
+    )
+    p.add_argument("dir", help="directory written by 'clinvert reproduce'")
+
+    p = sub.add_parser(
         "config",
         help="validate a config and print it fully resolved",
         description="Validate a config (or the defaults) and print the full resolved YAML.",
     )
     p.add_argument("config", nargs="?", help="YAML run configuration (default: built-in defaults)")
+    p.add_argument("--profile", help="merge this profile of the config (e.g. quick)")
     _add_set(p)
     return parser
 
@@ -150,11 +209,66 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    print(load_config(args.config, args.overrides).to_yaml(), end="")
+    print(load_config(args.config, args.overrides, args.profile).to_yaml(), end="")
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "demo": _cmd_demo, "config": _cmd_config}
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from clinvert.reproduce import reproduce
+
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers: must be >= 1, got {args.workers}")
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
+    command = "clinvert " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else ""
+    summary = reproduce(
+        args.table,
+        args.out,
+        quick=args.quick,
+        seeds=args.seeds,
+        rows=rows,
+        backend=args.backend,
+        workers=args.workers,
+        address=args.address,
+        progress=not args.quiet,
+        command=command or f"clinvert reproduce {args.table}",
+        root=Path(args.configs) if args.configs else None,
+    )
+    print((Path(args.out) / f"{args.table}.md").read_text())
+    incomplete = [s["row"] for s in summary if s["failed"] or s["missing"]]
+    if incomplete:
+        print(f"incomplete rows: {', '.join(incomplete)}", file=sys.stderr)
+    return 0
+
+
+def _cmd_headline(args: argparse.Namespace) -> int:
+    from clinvert.reproduce import headline
+    from clinvert.report import render_report
+
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers: must be >= 1, got {args.workers}")
+    headline(args.out, seeds=args.seeds, progress=not args.quiet, workers=args.workers)
+    for table in ("table1", "table2"):
+        print((Path(args.out) / f"{table}.md").read_text())
+    print(f"report: {render_report(args.out)}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from clinvert.report import render_report
+
+    path = render_report(args.dir)
+    print(f"report: {path}")
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "demo": _cmd_demo,
+    "reproduce": _cmd_reproduce,
+    "headline": _cmd_headline,
+    "report": _cmd_report,
+    "config": _cmd_config,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

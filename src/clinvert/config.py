@@ -131,6 +131,7 @@ class ModelConfig(_Section):
     widths: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=0, max_length=64)] = list(
         PAPER_WIDTHS
     )
+    negative_slope: Annotated[float, Field(ge=0, le=1)] = 0.2
     output: Literal["sphere", "box", "unbounded"] = "sphere"
     learnable_scale: bool = False
     scale: PositiveFloat = 1.0
@@ -152,6 +153,7 @@ class TrainConfig(_Section):
     seed: Annotated[int, Field(ge=0)] = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: Annotated[int, Field(ge=1)] = 1000
+    objective: Literal["contrastive", "supervised"] = "contrastive"
 
 
 class EvalConfig(_Section):
@@ -166,6 +168,7 @@ class RunConfig(_Section):
     """A whole run."""
 
     name: str | None = None
+    matched: bool | None = None
     latent: LatentConfig = LatentConfig()
     mixing: MixingConfig = MixingConfig()
     model: ModelConfig = ModelConfig()
@@ -278,7 +281,9 @@ def apply_overrides(
         node, default = out, defaults
         for key in keys[:-1]:
             default = default.get(key) if isinstance(default, dict) else None
-            child = node.setdefault(key, copy.deepcopy(default) if isinstance(default, dict) else {})
+            child = node.setdefault(
+                key, copy.deepcopy(default) if isinstance(default, dict) else {}
+            )
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {path}: {key} is not a section")
             node = child
@@ -304,7 +309,46 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML file (or the defaults when ``path`` is None), apply overrides, validate."""
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with ``update`` merged in, section by section."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def select_profile(data: dict[str, Any], profile: str | None) -> dict[str, Any]:
+    """Drop the ``profiles`` section of a config, merging in ``profiles[profile]`` when given.
+
+    A profile holds the same sections as a config (typically ``train`` and ``eval``) and changes
+    only how a run is executed: e.g. ``quick`` sizes a paper-scale row for a 2-core machine.
+    """
+    data = dict(data)
+    profiles = data.pop("profiles", None) or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"profiles: must be a mapping of name -> sections, got {profiles!r}")
+    if profile is None:
+        return data
+    if profile not in profiles:
+        defined = ", ".join(sorted(profiles)) or "none"
+        raise ConfigError(
+            f"profile: unknown profile {profile!r}, defined in this config: {defined}"
+        )
+    if not isinstance(profiles[profile], dict):
+        raise ConfigError(f"profiles.{profile}: must be a mapping of sections")
+    return deep_merge(data, profiles[profile])
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    profile: str | None = None,
+) -> RunConfig:
+    """Load a YAML file (or the defaults when ``path`` is None), select a profile, apply overrides,
+    validate."""
     data = read_yaml(path) if path is not None else {}
+    data = select_profile(data, profile)
     return validate_config(apply_overrides(data, overrides or []))

@@ -74,8 +74,14 @@ def _check(anchor: Tensor, positive: Tensor, similarity: str, p: float, tau: flo
         )
 
 
-def logits(anchor: Tensor, positive: Tensor, *, similarity: str = "cosine", p: float = 2.0,
-           tau: float = 1.0) -> Tensor:
+def logits(
+    anchor: Tensor,
+    positive: Tensor,
+    *,
+    similarity: str = "cosine",
+    p: float = 2.0,
+    tau: float = 1.0,
+) -> Tensor:
     """The [B, B] matrix s(anchor_i, positive_j) / tau."""
     _check(anchor, positive, similarity, p, tau)
     return SIMILARITIES[similarity][0](anchor, positive, p) / tau
@@ -111,15 +117,27 @@ def info_nce(
     return F.cross_entropy(scores, target)
 
 
-def alignment(anchor: Tensor, positive: Tensor, *, similarity: str = "cosine", p: float = 2.0,
-              tau: float = 1.0) -> Tensor:
+def alignment(
+    anchor: Tensor,
+    positive: Tensor,
+    *,
+    similarity: str = "cosine",
+    p: float = 2.0,
+    tau: float = 1.0,
+) -> Tensor:
     """Alignment term mean_i [ -s(anchor_i, positive_i) / tau ] (pulls positives together)."""
     _check(anchor, positive, similarity, p, tau)
     return -(SIMILARITIES[similarity][1](anchor, positive, p) / tau).mean()
 
 
-def uniformity(anchor: Tensor, positive: Tensor, *, similarity: str = "cosine", p: float = 2.0,
-               tau: float = 1.0) -> Tensor:
+def uniformity(
+    anchor: Tensor,
+    positive: Tensor,
+    *,
+    similarity: str = "cosine",
+    p: float = 2.0,
+    tau: float = 1.0,
+) -> Tensor:
     """Uniformity term mean_i [ logsumexp_j s(anchor_i, positive_j) / tau ] - log B.
 
     With these definitions ``info_nce == alignment + uniformity + log B`` exactly; as B grows the

@@ -35,7 +35,9 @@ def _as_numpy(x: ArrayLike, name: str) -> np.ndarray:
 def _pair(z: ArrayLike, h: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     z_, h_ = _as_numpy(z, "z"), _as_numpy(h, "h")
     if z_.shape[0] != h_.shape[0]:
-        raise ValueError(f"z and h need the same number of samples, got {z_.shape[0]} and {h_.shape[0]}")
+        raise ValueError(
+            f"z and h need the same number of samples, got {z_.shape[0]} and {h_.shape[0]}"
+        )
     if z_.shape[0] < 4:
         raise ValueError(f"need at least 4 samples, got {z_.shape[0]}")
     return z_, h_
@@ -76,7 +78,9 @@ _CORRELATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 def correlation_matrix(z: ArrayLike, h: ArrayLike, correlation: str = "pearson") -> np.ndarray:
     """[n_z, n_h] matrix of correlations between the columns of z and h (0 for constant columns)."""
     if correlation not in _CORRELATIONS:
-        raise ValueError(f"correlation must be one of {', '.join(_CORRELATIONS)}, got {correlation!r}")
+        raise ValueError(
+            f"correlation must be one of {', '.join(_CORRELATIONS)}, got {correlation!r}"
+        )
     z_, h_ = _pair(z, h)
     a, b = _CORRELATIONS[correlation](z_), _CORRELATIONS[correlation](h_)
     a = a - a.mean(0)

@@ -23,7 +23,9 @@ def well_conditioned_matrix(
 ) -> Tensor:
     """A random [dim, dim] matrix with unit-norm columns whose condition number is at most the
     ``cond_quantile`` quantile of ``cond_trials`` random draws (float64, on the CPU)."""
-    candidates = _unit_columns(torch.randn(cond_trials, dim, dim, generator=generator, dtype=torch.float64))
+    candidates = _unit_columns(
+        torch.randn(cond_trials, dim, dim, generator=generator, dtype=torch.float64)
+    )
     cond = torch.linalg.cond(candidates)
     threshold = torch.quantile(cond, cond_quantile)
     first_ok = int(torch.nonzero(cond <= threshold)[0, 0])
@@ -63,7 +65,8 @@ class InvertibleMLP(nn.Module):
             raise ValueError(f"mixing.cond_quantile must be in (0, 1], got {cond_quantile}")
         generator = torch.Generator().manual_seed(seed)
         weights = [
-            well_conditioned_matrix(dim, generator, cond_quantile, cond_trials) for _ in range(layers)
+            well_conditioned_matrix(dim, generator, cond_quantile, cond_trials)
+            for _ in range(layers)
         ]
         self.register_buffer("weights", torch.stack(weights).to(torch.float32))
         self.requires_grad_(False)

@@ -55,7 +55,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda requested but no CUDA device is available, got 'cuda'")
+        raise ConfigError(
+            "train.device: cuda requested but no CUDA device is available, got 'cuda'"
+        )
     return torch.device(name)
 
 
@@ -98,6 +100,7 @@ def build_experiment(cfg: RunConfig, device: torch.device | None = None) -> Expe
             cfg.model.output,
             encoder=cfg.model.encoder,
             widths=cfg.model.widths,
+            negative_slope=cfg.model.negative_slope,
             learnable_scale=cfg.model.learnable_scale,
             scale=cfg.model.scale,
         ).to(device)
@@ -182,16 +185,28 @@ class Trainer:
 
     # ----- one step ----------------------------------------------------------------------------
     def train_step(self) -> Tensor:
-        """One optimisation step; returns the (detached) loss."""
-        x, x_tilde = self.sample_batch()
-        batch = x.shape[0]
-        h = self.exp.model(torch.cat([x, x_tilde]))  # one pass over both views: [2B, d]
-        loss = self.exp.loss(h[:batch], h[batch:])
+        """One optimisation step of ``train.objective``; returns the (detached) loss."""
+        if self.cfg.train.objective == "supervised":
+            loss = self.supervised_loss()
+        else:
+            loss = self.contrastive_loss()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
         return loss.detach()
+
+    def contrastive_loss(self) -> Tensor:
+        """InfoNCE on a fresh batch of positive pairs."""
+        x, x_tilde = self.sample_batch()
+        batch = x.shape[0]
+        h = self.exp.model(torch.cat([x, x_tilde]))  # one pass over both views: [2B, d]
+        return self.exp.loss(h[:batch], h[batch:])
+
+    def supervised_loss(self) -> Tensor:
+        """The supervised baseline: mean squared error of f(g(z)) against z (the ceiling)."""
+        z = self.exp.process.sample_marginal(self.cfg.train.batch_size, self.generator, self.device)
+        return torch.nn.functional.mse_loss(self.exp.model(self.exp.mixing(z)), z)
 
     def evaluate(self, z: Tensor) -> dict[str, Any]:
         """Scores of the current encoder on latents ``z`` (fresh samples, never a training batch)."""
@@ -247,8 +262,12 @@ class Trainer:
         identity = self.identity_scores()
         status, error = "finished", None
         bar = tqdm(
-            total=cfg.train.steps, initial=self.step, disable=not self.progress, unit="step",
-            dynamic_ncols=True, desc=cfg.name or "train",
+            total=cfg.train.steps,
+            initial=self.step,
+            disable=not self.progress,
+            unit="step",
+            dynamic_ncols=True,
+            desc=cfg.name or "train",
         )
         started = time.perf_counter()
         base_wall = self.wall_seconds
@@ -307,7 +326,11 @@ class Trainer:
             row["radius"] = float(head.log_radius.exp())
         log.write(json.dumps(row) + "\n")
         log.flush()
-        bar.set_postfix(loss="-" if loss is None else f"{loss:.4f}", r2=f"{row['r2']:.3f}", mcc=f"{row['mcc']:.3f}")
+        bar.set_postfix(
+            loss="-" if loss is None else f"{loss:.4f}",
+            r2=f"{row['r2']:.3f}",
+            mcc=f"{row['mcc']:.3f}",
+        )
         return row
 
     def _result(self, status, error, identity, rows) -> dict[str, Any]:
@@ -359,7 +382,9 @@ def train(
     return Trainer(cfg, out, progress).run()
 
 
-def resume(out_dir: str | Path, *, steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+def resume(
+    out_dir: str | Path, *, steps: int | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Continue the run in ``out_dir`` from its checkpoint (to ``steps`` if given)."""
     out = Path(out_dir)
     data = read_yaml(out / "config.yaml")

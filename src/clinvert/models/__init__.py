@@ -32,6 +32,7 @@ def make_model(
     *,
     encoder: str = "mlp",
     widths: Sequence[int] = PAPER_WIDTHS,
+    negative_slope: float = 0.2,
     learnable_scale: bool = False,
     scale: float = 1.0,
 ) -> Model:
@@ -40,7 +41,7 @@ def make_model(
         raise ValueError(f"model.encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
     if output not in HEADS:
         raise ValueError(f"model.output must be one of {', '.join(HEADS)}, got {output!r}")
-    enc = ENCODERS[encoder](in_dim, out_dim, widths=widths)
+    enc = ENCODERS[encoder](in_dim, out_dim, widths=widths, negative_slope=negative_slope)
     if output == "sphere":
         head: nn.Module = SphereHead(out_dim, radius=scale, learnable=learnable_scale)
     elif output == "box":

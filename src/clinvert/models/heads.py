@@ -60,4 +60,8 @@ class UnboundedHead(nn.Identity):
         super().__init__()
 
 
-HEADS: dict[str, type[nn.Module]] = {"sphere": SphereHead, "box": BoxHead, "unbounded": UnboundedHead}
+HEADS: dict[str, type[nn.Module]] = {
+    "sphere": SphereHead,
+    "box": BoxHead,
+    "unbounded": UnboundedHead,
+}

@@ -1,0 +1,175 @@
+"""Many configs x seeds as ordinary runs: local processes by default, Ray when asked.
+
+Every run is a run directory ``OUT/runs/<row>/seed<k>/<objective>``; a run whose ``result.json``
+exists is skipped and a run with a checkpoint is resumed, so an interrupted sweep continues where it
+stopped. Workers are plain functions of a :class:`RunSpec`, so the same spec runs in a local process
+pool or as a Ray task on a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from clinvert.config import ConfigError, load_config
+
+BACKENDS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: a row's config file, a profile, a seed and an objective."""
+
+    row: str
+    config: str
+    profile: str | None
+    seed: int
+    objective: str
+    out_dir: str
+    threads: int = 1
+
+    @property
+    def overrides(self) -> list[str]:
+        """The ``--set`` overrides that make this run from the row's config."""
+        return [f"train.seed={self.seed}", f"train.objective={self.objective}"]
+
+    def resolve(self):
+        """The validated run config of this spec."""
+        return load_config(self.config, self.overrides, self.profile)
+
+
+def run_dir(out: Path, row: str, seed: int, objective: str) -> Path:
+    """Where one run of a sweep lives."""
+    return out / "runs" / row / f"seed{seed}" / objective
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    """The ``result.json`` of a run directory, or None if it has none (yet)."""
+    file = path / "result.json"
+    if not file.exists():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def execute(spec: RunSpec) -> dict[str, Any]:
+    """Run (or resume, or skip) one spec; returns its result. Safe to call in any process."""
+    import torch
+
+    from clinvert.train import Trainer
+
+    torch.set_num_threads(max(1, spec.threads))
+    out = Path(spec.out_dir)
+    done = read_result(out)
+    if done is not None:
+        return done
+    cfg = spec.resolve()
+    resumable = (out / "checkpoint.pt").exists() and (out / "config.yaml").exists()
+    if resumable and (out / "config.yaml").read_text() != cfg.to_yaml():
+        shutil.rmtree(out)  # the row's config changed since: the partial run is stale
+        resumable = False
+    return Trainer(cfg, out, progress=False).run(resume=resumable)
+
+
+def _local(specs: list[RunSpec], workers: int, on_done: Callable[[RunSpec, dict], None]) -> None:
+    if workers <= 1:
+        for spec in specs:
+            on_done(spec, execute(spec))
+        return
+    # spawn: forking a process that already runs torch's thread pools can deadlock.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        pending = {pool.submit(execute, spec): spec for spec in specs}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                on_done(pending.pop(future), future.result())
+
+
+def _ray(
+    specs: list[RunSpec], address: str | None, on_done: Callable[[RunSpec, dict], None]
+) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "--backend: ray is not installed; pip install 'clinvert[ray]' (or use --backend local)"
+        ) from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(
+            address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True
+        )
+    try:
+        task = ray.remote(execute)
+        pending = {task.options(num_cpus=spec.threads).remote(spec): spec for spec in specs}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                on_done(pending.pop(ref), ray.get(ref))
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def run_specs(
+    specs: Iterable[RunSpec],
+    *,
+    backend: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+    desc: str = "runs",
+) -> dict[RunSpec, dict[str, Any]]:
+    """Run every spec (skipping finished ones) and return their results."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend: must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    specs = list(specs)
+    results: dict[RunSpec, dict[str, Any]] = {}
+    todo = []
+    for spec in specs:
+        done = read_result(Path(spec.out_dir))
+        if done is not None:
+            results[spec] = done
+        else:
+            todo.append(spec)
+    bar = tqdm(total=len(specs), initial=len(results), disable=not progress, unit="run", desc=desc)
+
+    def on_done(spec: RunSpec, result: dict[str, Any]) -> None:
+        results[spec] = result
+        bar.update(1)
+        scores = result.get("final") or {}
+        bar.set_postfix_str(
+            f"{spec.row} seed{spec.seed} {spec.objective}: "
+            + (f"r2={scores['r2']:.3f} mcc={scores['mcc']:.3f}" if scores else result["status"])
+        )
+
+    try:
+        if backend == "ray":
+            _ray(todo, address, on_done)
+        else:
+            _local(todo, workers or 1, on_done)
+    finally:
+        bar.close()
+    return results
+
+
+def default_workers() -> int:
+    """One single-threaded run per core."""
+    return max(1, os.cpu_count() or 1)
+
+
+def spec_dict(spec: RunSpec) -> dict[str, Any]:
+    """A JSON-ready view of a spec."""
+    return asdict(spec)
