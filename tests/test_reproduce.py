@@ -79,7 +79,10 @@ def test_shipped_tables_have_the_required_rows() -> None:
         "table1", Path("/tmp/x"), quick=False, seeds=1, root=ROOT / "configs/synthetic"
     )[0].resolve()
     assert paper.train.batch_size == 6144 and paper.train.steps == 300_000
-    assert quick.latent == paper.latent and quick.model == paper.model  # same science
+    # Same science: latent process, loss and model space; only execution (and widths) may differ.
+    assert quick.latent == paper.latent
+    science = ("output", "similarity", "p", "tau", "learnable_scale", "scale")
+    assert all(getattr(quick.model, k) == getattr(paper.model, k) for k in science)
 
 
 def test_reproduce_local_then_skip_then_report(configs: Path, tmp_path: Path) -> None:

@@ -241,8 +241,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_headline(args: argparse.Namespace) -> int:
-    from clinvert.reproduce import headline
     from clinvert.report import render_report
+    from clinvert.reproduce import headline
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers: must be >= 1, got {args.workers}")

@@ -186,10 +186,8 @@ class Trainer:
     # ----- one step ----------------------------------------------------------------------------
     def train_step(self) -> Tensor:
         """One optimisation step of ``train.objective``; returns the (detached) loss."""
-        if self.cfg.train.objective == "supervised":
-            loss = self.supervised_loss()
-        else:
-            loss = self.contrastive_loss()
+        objectives = {"contrastive": self.contrastive_loss, "supervised": self.supervised_loss}
+        loss = objectives[self.cfg.train.objective]()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
