@@ -128,6 +128,7 @@ class ModelConfig(_Section):
     """Encoder, output head and loss."""
 
     encoder: Literal["mlp"] = "mlp"
+    input_norm: Literal["none", "standardize", "whiten"] = "whiten"
     widths: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=0, max_length=64)] = list(
         PAPER_WIDTHS
     )

@@ -31,7 +31,9 @@ from clinvert.mixing import InvertibleMLP
 from clinvert.models import Model, make_model
 
 #: Independent random streams derived from the training seed.
-STREAM_TRAIN, STREAM_EVAL, STREAM_TEST, STREAM_INIT = 0, 1, 2, 3
+STREAM_TRAIN, STREAM_EVAL, STREAM_TEST, STREAM_INIT, STREAM_INPUT_NORM = 0, 1, 2, 3, 4
+#: Observations used to fit the encoder's input normalisation.
+INPUT_NORM_SAMPLES = 20_000
 
 
 class RunFailed(RuntimeError):
@@ -103,9 +105,16 @@ def build_experiment(cfg: RunConfig, device: torch.device | None = None) -> Expe
             negative_slope=cfg.model.negative_slope,
             learnable_scale=cfg.model.learnable_scale,
             scale=cfg.model.scale,
+            input_norm=cfg.model.input_norm,
         ).to(device)
+    process = build_process(cfg)
+    if cfg.model.input_norm != "none":
+        # Fitted on observations x = g(z) only (never latents), from a stream of its own.
+        gen = make_generator(derive_seed(cfg.train.seed, STREAM_INPUT_NORM), device)
+        z = process.sample_marginal(INPUT_NORM_SAMPLES, gen, device)
+        model.input_norm.fit(mixing(z))
     loss = InfoNCE(cfg.model.similarity, p=cfg.model.p, tau=cfg.model.tau)
-    return Experiment(cfg, device, build_process(cfg), mixing, model, loss)
+    return Experiment(cfg, device, process, mixing, model, loss)
 
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

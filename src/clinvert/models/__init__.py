@@ -7,22 +7,24 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from clinvert.models.heads import HEADS, BoxHead, SphereHead, UnboundedHead
+from clinvert.models.input_norm import INPUT_NORMS, InputNorm
 from clinvert.models.mlp import PAPER_WIDTHS, MLPEncoder
 
 ENCODERS: dict[str, type[nn.Module]] = {"mlp": MLPEncoder}
 
 
 class Model(nn.Module):
-    """Encoder followed by an output head: f(x) = head(encoder(x))."""
+    """Input normalisation, encoder, output head: f(x) = head(encoder(input_norm(x)))."""
 
-    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, head: nn.Module, input_norm: nn.Module | None = None) -> None:
         super().__init__()
+        self.input_norm = input_norm if input_norm is not None else nn.Identity()
         self.encoder = encoder
         self.head = head
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, ...] -> [B, d]."""
-        return self.head(self.encoder(x))
+        return self.head(self.encoder(self.input_norm(x)))
 
 
 def make_model(
@@ -35,6 +37,7 @@ def make_model(
     negative_slope: float = 0.2,
     learnable_scale: bool = False,
     scale: float = 1.0,
+    input_norm: str = "none",
 ) -> Model:
     """Build encoder + head from config names. ``scale`` is the sphere radius or the box bound."""
     if encoder not in ENCODERS:
@@ -48,12 +51,14 @@ def make_model(
         head = BoxHead(out_dim, bound=scale, learnable=learnable_scale)
     else:
         head = UnboundedHead(out_dim)
-    return Model(enc, head)
+    return Model(enc, head, InputNorm(in_dim, input_norm))
 
 
 __all__ = [
     "ENCODERS",
     "HEADS",
+    "INPUT_NORMS",
+    "InputNorm",
     "PAPER_WIDTHS",
     "BoxHead",
     "MLPEncoder",
