@@ -13,7 +13,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from clinvert.config import ConfigError, load_config
+from clinvert.config import ConfigError, describe_model, describe_process, load_config
 
 EPILOG_TRAIN = """\
 examples:
@@ -195,12 +195,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     cfg = load_config(demo_config_path(), args.overrides)
     print(f"clinvert demo: {cfg.name}")
     print(
-        f"  latents: {cfg.latent.space}^{cfg.latent.dim}, {cfg.latent.marginal.name} marginal, "
-        f"{cfg.latent.conditional!r} conditional; mixing: {cfg.mixing.layers}-layer invertible MLP"
+        f"  process: {describe_process(cfg)} (n={cfg.latent.dim}), "
+        f"{cfg.mixing.layers}-layer invertible MLP mixing"
     )
     print(
-        f"  model: {cfg.model.output} output, {cfg.model.similarity} similarity (p={cfg.model.p}), "
-        f"tau={cfg.model.tau}; {cfg.train.steps} steps of batch {cfg.train.batch_size}"
+        f"  model: {describe_model(cfg)}; {cfg.train.steps} steps of batch {cfg.train.batch_size}"
     )
     result = train.train(cfg, args.out, progress=not args.quiet, force=True)
     print_comparison(result)

@@ -190,6 +190,36 @@ class RunConfig(_Section):
         return self.mixing.seed if self.mixing.seed is not None else self.train.seed
 
 
+def _law(spec: Any) -> str:
+    params = {k: v for k, v in spec.model_dump().items() if k != "name"}
+    names = {
+        "vmf": "vMF",
+        "normal": "Normal",
+        "laplace": "Laplace",
+        "gennorm": "GenNorm",
+        "uniform": "Uniform",
+    }
+    symbols = {"kappa": "κ", "scale": "σ" if spec.name == "normal" else "λ", "beta": "β"}
+    inner = ", ".join(f"{symbols.get(k, k)}={v:g}" for k, v in params.items())
+    return f"{names[spec.name]}({inner})" if inner else names[spec.name]
+
+
+def describe_process(cfg: RunConfig) -> str:
+    """'sphere / Uniform / vMF(κ=1)'-style label of the generative process."""
+    lat = cfg.latent
+    space = "R^n" if lat.space == "unbounded" else lat.space
+    return f"{space} / {_law(lat.marginal)} / {_law(lat.conditional)}"
+
+
+def describe_model(cfg: RunConfig) -> str:
+    """'sphere, cosine, τ=1'-style label of the model."""
+    m = cfg.model
+    space = "R^n" if m.output == "unbounded" else m.output
+    loss = "cosine" if m.similarity == "cosine" else f"L{m.p:g}"
+    learn = " (learnable scale)" if m.learnable_scale else ""
+    return f"{space}{learn}, {loss}, τ={m.tau:g}"
+
+
 # ----- validation ------------------------------------------------------------------------------------
 def _field_path(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []

@@ -13,11 +13,10 @@ import math
 import os
 import platform
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from clinvert.config import ConfigError, RunConfig, load_config
+from clinvert.config import ConfigError, describe_model, describe_process, load_config
 from clinvert.io import write_json, write_text
 from clinvert.sweep import RunSpec, run_dir, run_specs
 
@@ -53,36 +52,6 @@ def select_rows(rows: dict[str, Path], names: list[str] | None) -> dict[str, Pat
     if unknown:
         raise ConfigError(f"--rows: unknown row {unknown[0]!r}; rows are: {', '.join(rows)}")
     return {n: rows[n] for n in names}
-
-
-def _law(spec: Any) -> str:
-    params = {k: v for k, v in spec.model_dump().items() if k != "name"}
-    names = {
-        "vmf": "vMF",
-        "normal": "Normal",
-        "laplace": "Laplace",
-        "gennorm": "GenNorm",
-        "uniform": "Uniform",
-    }
-    symbols = {"kappa": "κ", "scale": "σ" if spec.name == "normal" else "λ", "beta": "β"}
-    inner = ", ".join(f"{symbols.get(k, k)}={v:g}" for k, v in params.items())
-    return f"{names[spec.name]}({inner})" if inner else names[spec.name]
-
-
-def describe_process(cfg: RunConfig) -> str:
-    """'sphere / Uniform / vMF(κ=1)'-style label of the generative process."""
-    lat = cfg.latent
-    space = "R^n" if lat.space == "unbounded" else lat.space
-    return f"{space} / {_law(lat.marginal)} / {_law(lat.conditional)}"
-
-
-def describe_model(cfg: RunConfig) -> str:
-    """'sphere, cosine, τ=1'-style label of the model."""
-    m = cfg.model
-    space = "R^n" if m.output == "unbounded" else m.output
-    loss = "cosine" if m.similarity == "cosine" else f"L{m.p:g}"
-    learn = " (learnable scale)" if m.learnable_scale else ""
-    return f"{space}{learn}, {loss}, τ={m.tau:g}"
 
 
 def build_specs(

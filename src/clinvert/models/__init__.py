@@ -16,7 +16,9 @@ ENCODERS: dict[str, type[nn.Module]] = {"mlp": MLPEncoder}
 class Model(nn.Module):
     """Input normalisation, encoder, output head: f(x) = head(encoder(input_norm(x)))."""
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, input_norm: nn.Module | None = None) -> None:
+    def __init__(
+        self, encoder: nn.Module, head: nn.Module, input_norm: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.input_norm = input_norm if input_norm is not None else nn.Identity()
         self.encoder = encoder

@@ -22,7 +22,9 @@ class InputNorm(nn.Module):
     def __init__(self, dim: int, kind: str = "whiten") -> None:
         super().__init__()
         if kind not in INPUT_NORMS:
-            raise ValueError(f"model.input_norm must be one of {', '.join(INPUT_NORMS)}, got {kind!r}")
+            raise ValueError(
+                f"model.input_norm must be one of {', '.join(INPUT_NORMS)}, got {kind!r}"
+            )
         self.kind = kind
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("matrix", torch.eye(dim))

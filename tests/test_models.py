@@ -1,0 +1,49 @@
+"""Encoder, heads and input normalisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clinvert.models import InputNorm, make_model
+from clinvert.models.heads import BoxHead, SphereHead
+
+
+def test_paper_encoder_shapes_and_widths() -> None:
+    model = make_model(10, 10, "unbounded")
+    linears = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears] == [100, 500, 500, 500, 500, 100, 10]
+    assert model(torch.randn(7, 10)).shape == (7, 10)
+
+
+def test_heads_put_outputs_in_their_space() -> None:
+    h = torch.randn(100, 5) * 10
+    sphere = SphereHead(5, radius=2.0, learnable=True)
+    torch.testing.assert_close(sphere(h).norm(dim=1), torch.full((100,), 2.0))
+    assert any(p.requires_grad for p in sphere.parameters())
+    box = BoxHead(5, bound=3.0)
+    out = box(h)
+    assert (out >= 0).all() and (out <= 3.0).all() and not list(box.parameters())
+
+
+@pytest.mark.parametrize("kind", ["whiten", "standardize"])
+def test_input_norm_whitens_observations(kind) -> None:
+    gen = torch.Generator().manual_seed(0)
+    mixing = torch.randn(4, 4, generator=gen) * torch.tensor([10.0, 1.0, 0.1, 0.01])
+    x = torch.randn(50_000, 4, generator=gen) @ mixing + 3.0
+    y = InputNorm(4, kind).fit(x)(x)
+    torch.testing.assert_close(y.mean(0), torch.zeros(4), atol=1e-3, rtol=0)
+    cov = torch.cov(y.T.double())
+    if kind == "whiten":
+        torch.testing.assert_close(cov, torch.eye(4, dtype=torch.float64), atol=1e-3, rtol=0)
+    else:
+        torch.testing.assert_close(
+            cov.diagonal(), torch.ones(4, dtype=torch.float64), atol=1e-3, rtol=0
+        )
+
+
+def test_input_norm_none_is_identity_and_rejects_unknown_kinds() -> None:
+    x = torch.randn(10, 3)
+    assert torch.equal(InputNorm(3, "none").fit(x)(x), x)
+    with pytest.raises(ValueError, match="input_norm"):
+        InputNorm(3, "pca")
