@@ -180,3 +180,17 @@ def test_reproduce_on_a_local_ray_instance(configs: Path, tmp_path: Path) -> Non
     )
     summary = json.loads((out / "table2.json").read_text())
     assert all(s["seeds"] == [0] and not s["missing"] and not s["failed"] for s in summary)
+
+
+def test_headline_runs_its_rows_and_writes_the_report(
+    configs: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import clinvert.reproduce as reproduce
+
+    monkeypatch.setattr(reproduce, "HEADLINE", {"table2": ["a-laplace__box-l1"]})
+    monkeypatch.setattr(reproduce, "configs_root", lambda: configs)
+    out = tmp_path / "headline"
+    assert main(["headline", "--seeds", "1", "--out", str(out), "--workers", "1", "--quiet"]) == 0
+    summary = json.loads((out / "table2.json").read_text())
+    assert [s["row"] for s in summary] == ["a-laplace__box-l1"] and summary[0]["seeds"] == [0]
+    assert (out / "report.html").exists()

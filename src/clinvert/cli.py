@@ -245,8 +245,8 @@ def _cmd_headline(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers: must be >= 1, got {args.workers}")
-    headline(args.out, seeds=args.seeds, progress=not args.quiet, workers=args.workers)
-    for table in ("table1", "table2"):
+    results = headline(args.out, seeds=args.seeds, progress=not args.quiet, workers=args.workers)
+    for table in results:
         print((Path(args.out) / f"{table}.md").read_text())
     print(f"report: {render_report(args.out)}")
     return 0
