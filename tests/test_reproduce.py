@@ -119,6 +119,10 @@ def test_reproduce_local_then_skip_then_report(configs: Path, tmp_path: Path) ->
     # A missing run is reported, not averaged in.
     result.unlink()
     (result.parent / "checkpoint.pt").unlink()
+    assert main(args + ["--collect"]) == 0
+    collected = json.loads((out / "table2.json").read_text())
+    assert collected[0]["missing"] == ["supervised seed1"] and collected[1] == summary[1]
+    assert "missing runs: supervised seed1" in (out / "table2.md").read_text()
     assert (
         main(
             [

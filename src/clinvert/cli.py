@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--configs",
         help="folder holding table1/ and table2/ row configs (default: configs/synthetic)",
     )
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="run nothing: aggregate the finished runs and list the others as missing",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser(
@@ -231,6 +236,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         command=command or f"clinvert reproduce {args.table}",
         root=Path(args.configs) if args.configs else None,
+        collect_only=args.collect,
     )
     print((Path(args.out) / f"{args.table}.md").read_text())
     incomplete = [s["row"] for s in summary if s["failed"] or s["missing"]]

@@ -18,7 +18,7 @@ import numpy as np
 
 from clinvert.config import ConfigError, describe_model, describe_process, load_config
 from clinvert.io import write_json, write_text
-from clinvert.sweep import RunSpec, run_dir, run_specs
+from clinvert.sweep import RunSpec, read_result, run_dir, run_specs
 
 #: Metric each table reports.
 TABLES: dict[str, str] = {"table1": "r2", "table2": "mcc"}
@@ -209,20 +209,29 @@ def reproduce(
     progress: bool = True,
     command: str = "",
     root: Path | None = None,
+    collect_only: bool = False,
 ) -> list[dict]:
-    """Run (or continue) a table and write ``OUT/<table>.json`` and ``OUT/<table>.md``."""
+    """Run (or continue) a table and write ``OUT/<table>.json`` and ``OUT/<table>.md``.
+
+    With ``collect_only`` nothing runs: the finished runs are aggregated and the others are listed
+    as missing.
+    """
     out = Path(out)
     workers = workers or max(1, os.cpu_count() or 1)
     threads = max(1, (os.cpu_count() or 1) // workers) if backend == "local" else 1
     specs = build_specs(table, out, quick=quick, seeds=seeds, rows=rows, threads=threads, root=root)
-    results = run_specs(
-        specs,
-        backend=backend,
-        workers=workers,
-        address=address,
-        progress=progress,
-        desc=f"{table} ({len(specs)} runs)",
-    )
+    if collect_only:
+        found = {spec: read_result(Path(spec.out_dir)) for spec in specs}
+        results = {spec: r for spec, r in found.items() if r is not None}
+    else:
+        results = run_specs(
+            specs,
+            backend=backend,
+            workers=workers,
+            address=address,
+            progress=progress,
+            desc=f"{table} ({len(specs)} runs)",
+        )
     summary = aggregate(table, specs, results)
     write_json(out / f"{table}.json", summary)
     write_text(out / f"{table}.md", render_markdown(table, summary, command, quick))
