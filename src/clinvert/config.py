@@ -199,7 +199,11 @@ def _law(spec: Any) -> str:
         "gennorm": "GenNorm",
         "uniform": "Uniform",
     }
-    symbols = {"kappa": "κ", "scale": "σ" if spec.name == "normal" else "λ", "beta": "β"}
+    symbols = {
+        "kappa": "κ",
+        "beta": "β",
+        "scale": {"normal": "σ", "laplace": "λ"}.get(spec.name, "s"),
+    }
     inner = ", ".join(f"{symbols.get(k, k)}={v:g}" for k, v in params.items())
     return f"{names[spec.name]}({inner})" if inner else names[spec.name]
 

@@ -175,10 +175,13 @@ def render_markdown(table: str, summary: list[dict], command: str, quick: bool) 
     notes = []
     for s in summary:
         matched = {True: "✓", False: "✗", None: "?"}[s["matched"]]
+        several = len(s["seeds"]) > 1  # a std over one seed would read as certainty
+        spread = s["std"] if several else None
+        other_spread = s["other"]["std"] if several else None
         lines.append(
             f"| {s['process']} | {s['model']} | {matched} | {_fmt(s['identity'])} | "
-            f"{_fmt(s['supervised'])} | {_fmt(s['mean'], s['std'])} | "
-            f"{_fmt(s['other']['mean'], s['other']['std'])} | {len(s['seeds'])} |"
+            f"{_fmt(s['supervised'])} | {_fmt(s['mean'], spread)} | "
+            f"{_fmt(s['other']['mean'], other_spread)} | {len(s['seeds'])} |"
         )
         if s["failed"]:
             notes.append(f"- **{s['row']}**: FAILED runs: {', '.join(s['failed'])}")
