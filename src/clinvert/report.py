@@ -200,7 +200,9 @@ def _html_table(summary: list[dict], metric: str) -> str:
 
 
 def _first_finished_run(out: Path, summary: list[dict]) -> Path | None:
-    for s in summary:
+    """A finished contrastive run of the best-scoring row (the title names the row)."""
+    ranked = sorted(summary, key=lambda s: -1.0 if s["mean"] is None else s["mean"], reverse=True)
+    for s in ranked:
         for seed_dir in sorted((out / "runs" / s["row"]).glob("seed*")):
             run = seed_dir / "contrastive"
             result = run / "result.json"
