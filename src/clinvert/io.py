@@ -31,9 +31,14 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         os.close(dir_fd)
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Atomically write ``data`` to ``path``."""
+    _atomic(Path(path), lambda fh: fh.write(data))
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Atomically write ``text`` to ``path``."""
-    _atomic(Path(path), lambda fh: fh.write(text.encode()))
+    write_bytes(path, text.encode())
 
 
 def write_json(path: str | Path, obj: Any) -> None:

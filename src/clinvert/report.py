@@ -26,7 +26,7 @@ from scipy.optimize import linear_sum_assignment  # noqa: E402
 from sklearn.linear_model import LinearRegression  # noqa: E402
 
 from clinvert.config import ConfigError, read_yaml, validate_config  # noqa: E402
-from clinvert.io import read_jsonl, write_text  # noqa: E402
+from clinvert.io import read_jsonl, write_bytes, write_text  # noqa: E402
 from clinvert.metrics import correlation_matrix  # noqa: E402
 from clinvert.reproduce import TABLES  # noqa: E402
 
@@ -38,12 +38,6 @@ def _png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
-
-
-def _save(path: Path, data: bytes) -> None:
-    from clinvert.io import _atomic
-
-    _atomic(path, lambda fh: fh.write(data))
 
 
 def plot_bars(table: str, summary: list[dict]) -> bytes:
@@ -226,7 +220,7 @@ def render_report(directory: str | Path) -> Path:
         if run is not None:
             images["scatter"] = plot_scatter(table, run)
         for kind, data in images.items():
-            _save(out / f"{table}_{kind}.png", data)
+            write_bytes(out / f"{table}_{kind}.png", data)
         md = out / f"{table}.md"
         provenance = (
             "".join(
