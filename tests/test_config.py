@@ -114,3 +114,17 @@ def test_shipped_configs_are_valid() -> None:
     assert len(paths) >= 3
     for path in paths:
         assert isinstance(load_config(path), RunConfig), path
+
+
+def test_claims_are_validated_and_checked() -> None:
+    from clinvert.config import ConfigError, validate_config
+
+    cfg = validate_config(
+        {"claims": [{"metric": "r2", "at_least": 0.95}, {"metric": "mcc", "at_most": 0.8}]}
+    )
+    low, high = cfg.claims
+    assert low.holds(0.96) and not low.holds(0.9) and low.holds(None) is None
+    assert high.holds(0.5) and not high.holds(0.85)
+    assert low.describe() == "R² ≥ 0.95" and high.describe() == "MCC ≤ 0.8"
+    with pytest.raises(ConfigError, match=r"claims\.0\.at_least"):
+        validate_config({"claims": [{"metric": "r2", "at_least": 1.5}]})

@@ -165,11 +165,38 @@ class EvalConfig(_Section):
     correlation: Literal["pearson", "spearman"] = "pearson"
 
 
+class Claim(_Section):
+    """What the theory predicts for a run: ``metric`` at least and/or at most a value. Reports check
+    every claim of a row and say plainly where a row falls short; training ignores claims."""
+
+    metric: Literal["r2", "mcc"]
+    at_least: Annotated[float, Field(ge=0, le=1)] | None = None
+    at_most: Annotated[float, Field(ge=0, le=1)] | None = None
+
+    def holds(self, value: float | None) -> bool | None:
+        """Whether ``value`` satisfies the claim (None when there is no value)."""
+        if value is None or value != value:
+            return None
+        low_ok = self.at_least is None or value >= self.at_least
+        return low_ok and (self.at_most is None or value <= self.at_most)
+
+    def describe(self) -> str:
+        """'MCC ≥ 0.95'-style text."""
+        name = {"r2": "R²", "mcc": "MCC"}[self.metric]
+        parts = []
+        if self.at_least is not None:
+            parts.append(f"{name} ≥ {self.at_least:g}")
+        if self.at_most is not None:
+            parts.append(f"{name} ≤ {self.at_most:g}")
+        return " and ".join(parts) or f"{name} (no bound)"
+
+
 class RunConfig(_Section):
     """A whole run."""
 
     name: str | None = None
     matched: bool | None = None
+    claims: Annotated[list[Claim], Field(max_length=8)] = []
     latent: LatentConfig = LatentConfig()
     mixing: MixingConfig = MixingConfig()
     model: ModelConfig = ModelConfig()

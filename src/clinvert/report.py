@@ -28,7 +28,7 @@ from sklearn.linear_model import LinearRegression  # noqa: E402
 from clinvert.config import ConfigError, read_yaml, validate_config  # noqa: E402
 from clinvert.io import read_jsonl, write_bytes, write_text  # noqa: E402
 from clinvert.metrics import correlation_matrix  # noqa: E402
-from clinvert.reproduce import TABLES  # noqa: E402
+from clinvert.reproduce import TABLES, claim_cell  # noqa: E402
 
 LABEL = {"r2": "R²", "mcc": "MCC"}
 
@@ -158,6 +158,7 @@ def _html_table(summary: list[dict], metric: str) -> str:
         f"contrastive {LABEL[metric]}",
         f"contrastive {other}",
         "seeds",
+        "claim",
         "status",
     ]
 
@@ -168,11 +169,17 @@ def _html_table(summary: list[dict], metric: str) -> str:
 
     out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for s in summary:
-        status = "complete"
+        problems = []
         if s["failed"]:
-            status = "<b class=bad>failed: " + html.escape(", ".join(s["failed"])) + "</b>"
+            problems.append("<b class=bad>failed: " + html.escape(", ".join(s["failed"])) + "</b>")
         if s["missing"]:
-            status += " <b class=bad>missing: " + html.escape(", ".join(s["missing"])) + "</b>"
+            problems.append(
+                "<b class=bad>missing: " + html.escape(", ".join(s["missing"])) + "</b>"
+            )
+        status = " ".join(problems) or "complete"
+        claim = html.escape(claim_cell(s.get("claims", [])))
+        if any(c["holds"] is False for c in s.get("claims", [])):
+            claim = f"<b class=bad>{claim}</b>"
         cells = [
             s["row"],
             s["process"],
@@ -183,6 +190,7 @@ def _html_table(summary: list[dict], metric: str) -> str:
             fmt(s["mean"], s["std"]),
             fmt(s["other"]["mean"], s["other"]["std"]),
             str(len(s["seeds"])),
+            claim,
             status,
         ]
         out.append(

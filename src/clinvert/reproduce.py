@@ -111,6 +111,16 @@ def aggregate(table: str, specs: list[RunSpec], results: dict[RunSpec, dict]) ->
         contrastive = finished["contrastive"]
         mean, std = _stats([r["final"][metric] for _, r in contrastive])
         other_mean, other_std = _stats([r["final"][other] for _, r in contrastive])
+        means = {metric: mean, other: other_mean}
+        claims = [
+            {
+                "claim": c.describe(),
+                "metric": c.metric,
+                "value": means[c.metric],
+                "holds": c.holds(means[c.metric]),
+            }
+            for c in cfg.claims
+        ]
         sup_mean, sup_std = _stats([r["final"][metric] for _, r in finished["supervised"]])
         ident_mean, _ = _stats([r["identity"][metric] for o in OBJECTIVES for _, r in finished[o]])
         summary.append(
@@ -134,6 +144,7 @@ def aggregate(table: str, specs: list[RunSpec], results: dict[RunSpec, dict]) ->
                 "process": describe_process(cfg),
                 "model": describe_model(cfg),
                 "matched": cfg.matched,
+                "claims": claims,
                 "steps": cfg.train.steps,
                 "batch_size": cfg.train.batch_size,
                 "wall_seconds": sum(r.get("wall_seconds", 0.0) for _, r in contrastive),
@@ -156,6 +167,14 @@ def machine_line() -> str:
     )
 
 
+def claim_cell(claims: list[dict]) -> str:
+    """'MCC ≥ 0.95 ✓' / '… ✗ short' / '…' (no value yet) for a row's claims; '–' when it has none."""
+    if not claims:
+        return "–"
+    marks = {True: " ✓", False: " ✗ short", None: ""}
+    return "; ".join(c["claim"] + marks[c["holds"]] for c in claims)
+
+
 def render_markdown(table: str, summary: list[dict], command: str, quick: bool) -> str:
     """The table laid out like the paper's, with provenance and plain notes on shortfalls."""
     metric = TABLES[table]
@@ -169,10 +188,10 @@ def render_markdown(table: str, summary: list[dict], command: str, quick: bool) 
         f"Date: {dt.date.today().isoformat()}",
         "",
         f"| generative process | model | matched? | identity | supervised | contrastive {name} "
-        f"| contrastive {other} | seeds |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| contrastive {other} | seeds | claim |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    notes = []
+    notes, short = [], []
     for s in summary:
         matched = {True: "✓", False: "✗", None: "?"}[s["matched"]]
         several = len(s["seeds"]) > 1  # a std over one seed would read as certainty
@@ -181,12 +200,19 @@ def render_markdown(table: str, summary: list[dict], command: str, quick: bool) 
         lines.append(
             f"| {s['process']} | {s['model']} | {matched} | {_fmt(s['identity'])} | "
             f"{_fmt(s['supervised'])} | {_fmt(s['mean'], spread)} | "
-            f"{_fmt(s['other']['mean'], other_spread)} | {len(s['seeds'])} |"
+            f"{_fmt(s['other']['mean'], other_spread)} | {len(s['seeds'])} | "
+            f"{claim_cell(s.get('claims', []))} |"
         )
+        missed = [c for c in s.get("claims", []) if c["holds"] is False]
+        if missed:
+            what = "; ".join(f"{c['claim']}, measured {c['value']:.3f}" for c in missed)
+            short.append(f"- **{s['row']}**: {what}")
         if s["failed"]:
             notes.append(f"- **{s['row']}**: FAILED runs: {', '.join(s['failed'])}")
         if s["missing"]:
             notes.append(f"- **{s['row']}**: missing runs: {', '.join(s['missing'])}")
+    if short:
+        lines += ["", "**Rows short of the theory's claim at this scale:**", *short]
     if notes:
         lines += ["", "Runs not in the means:", *notes]
     lines += [

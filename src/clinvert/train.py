@@ -34,6 +34,11 @@ from clinvert.models import Model, make_model
 STREAM_TRAIN, STREAM_EVAL, STREAM_TEST, STREAM_INIT, STREAM_INPUT_NORM = 0, 1, 2, 3, 4
 #: Observations used to fit the encoder's input normalisation.
 INPUT_NORM_SAMPLES = 20_000
+#: Codes of :meth:`Trainer.train_step`'s finiteness flag.
+BAD_LOSS, BAD_GRAD = 1, 2
+#: On an accelerator, the finiteness flags are read every this many steps (and before every
+#: evaluation and checkpoint), so the device is not waited for at every step.
+GUARD_EVERY = 50
 
 
 class RunFailed(RuntimeError):
@@ -177,6 +182,11 @@ class Trainer:
         self.generator = make_generator(derive_seed(cfg.train.seed, STREAM_TRAIN), self.device)
         self.step = 0
         self.wall_seconds = 0.0
+        self.last_checkpoint = 0  # step of the last checkpoint written (0: none)
+        # Running sum of the training loss since the last evaluation (part of the checkpoint, so a
+        # resumed run logs the same averages as an uninterrupted one).
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.loss_count = 0
         self.z_eval = self._fresh_latents(STREAM_EVAL)
         self.z_test = self._fresh_latents(STREAM_TEST)
 
@@ -193,15 +203,25 @@ class Trainer:
         return self.exp.mixing(z), self.exp.mixing(z_tilde)
 
     # ----- one step ----------------------------------------------------------------------------
-    def train_step(self) -> Tensor:
-        """One optimisation step of ``train.objective``; returns the (detached) loss."""
+    def train_step(self) -> tuple[Tensor, Tensor]:
+        """One optimisation step of ``train.objective``.
+
+        Returns the detached loss and a 0-d integer tensor on the device: 0 when the loss and every
+        gradient are finite, :data:`BAD_LOSS` or :data:`BAD_GRAD` otherwise. Nothing here waits for
+        the device; :meth:`run` reads the flags in batches (every step on CPU, where it is free).
+        """
         objectives = {"contrastive": self.contrastive_loss, "supervised": self.supervised_loss}
         loss = objectives[self.cfg.train.objective]()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        bad = (~torch.isfinite(loss)).long() * BAD_LOSS
+        grads = [p.grad for p in self.exp.model.parameters() if p.grad is not None]
+        if grads:
+            grad_bad = ~torch.isfinite(torch.nn.utils.get_total_norm(grads))
+            bad = torch.where(bad == 0, grad_bad.long() * BAD_GRAD, bad)
         self.optimizer.step()
         self.scheduler.step()
-        return loss.detach()
+        return loss.detach(), bad
 
     def contrastive_loss(self) -> Tensor:
         """InfoNCE on a fresh batch of positive pairs."""
@@ -238,6 +258,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
+            "loss_sum": float(self.loss_sum),
+            "loss_count": self.loss_count,
             "torch_version": torch.__version__,
         }
 
@@ -249,11 +271,33 @@ class Trainer:
         self.generator.set_state(state["generator"])
         self.step = int(state["step"])
         self.wall_seconds = float(state["wall_seconds"])
+        self.loss_sum.fill_(float(state.get("loss_sum", 0.0)))
+        self.loss_count = int(state.get("loss_count", 0))
+        self.last_checkpoint = self.step
         return int(state["metrics_rows"])
 
     def save_checkpoint(self, metrics_rows: int) -> None:
         """Write ``checkpoint.pt`` atomically."""
         save_torch(self.out / "checkpoint.pt", self.state_dict(metrics_rows))
+        self.last_checkpoint = self.step
+
+    def _guard(self, first_bad: Tensor) -> None:
+        """Raise :class:`RunFailed` if a step since the last check had a non-finite loss or gradient.
+
+        The parameters after that step are not trusted: no checkpoint is written over the last good
+        one, and the run is marked failed."""
+        step, code = (int(v) for v in first_bad.tolist())
+        if code == 0:
+            return
+        what = "loss" if code == BAD_LOSS else "gradient"
+        kept = (
+            f"checkpoint.pt from step {self.last_checkpoint} kept"
+            if self.last_checkpoint
+            else "no checkpoint had been written"
+        )
+        raise RunFailed(
+            f"non-finite {what} at step {step} (try a lower train.lr or a larger model.tau); {kept}"
+        )
 
     # ----- the loop ----------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
@@ -278,25 +322,34 @@ class Trainer:
         )
         started = time.perf_counter()
         base_wall = self.wall_seconds
-        loss_sum, loss_count = torch.zeros((), device=self.device), 0
+        guard_every = 1 if self.device.type == "cpu" else GUARD_EVERY
+        first_bad = torch.zeros(2, dtype=torch.long, device=self.device)  # (step, code) of 1st bad
         with open(self.out / "metrics.jsonl", "a") as log:
             try:
                 if self.step == 0 and not rows:
                     rows.append(self._log_eval(log, None, bar))
                 while self.step < cfg.train.steps:
-                    loss = self.train_step()
-                    if not bool(torch.isfinite(loss)):
-                        raise RunFailed(f"non-finite loss at step {self.step + 1}")
+                    loss, bad = self.train_step()
                     self.step += 1
-                    loss_sum += loss
-                    loss_count += 1
+                    fresh = (first_bad[1] == 0) & (bad != 0)
+                    first_bad = torch.where(
+                        fresh, torch.stack([bad * 0 + self.step, bad]), first_bad
+                    )
+                    self.loss_sum += loss
+                    self.loss_count += 1
                     bar.update(1)
                     self.wall_seconds = base_wall + time.perf_counter() - started
-                    if self.step % cfg.eval.every == 0 or self.step == cfg.train.steps:
-                        rows.append(self._log_eval(log, float(loss_sum) / loss_count, bar))
-                        loss_sum.zero_()
-                        loss_count = 0
-                    if self.step % cfg.train.checkpoint_every == 0:
+                    do_eval = self.step % cfg.eval.every == 0 or self.step == cfg.train.steps
+                    do_ckpt = self.step % cfg.train.checkpoint_every == 0
+                    if do_eval or do_ckpt or self.step % guard_every == 0:
+                        self._guard(first_bad)
+                    if do_eval:
+                        rows.append(
+                            self._log_eval(log, float(self.loss_sum) / self.loss_count, bar)
+                        )
+                        self.loss_sum.zero_()
+                        self.loss_count = 0
+                    if do_ckpt:
                         self.save_checkpoint(len(rows))
             except RunFailed as exc:
                 status, error = "failed", str(exc)
@@ -314,9 +367,20 @@ class Trainer:
             return 0
         try:
             state = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same error to a user
-            raise ConfigError(f"--resume: {path} is not a readable checkpoint ({exc})") from None
-        return self.load_state_dict(state)
+            rows = self.load_state_dict(state)
+        except Exception as exc:  # noqa: BLE001 - any unusable file is the same error to a user
+            reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise ConfigError(
+                f"--resume: {path} is not a usable checkpoint of this run ({reason}); "
+                "delete it to restart the run, or train into a new --out"
+            ) from None
+        logged = len(read_jsonl(self.out / "metrics.jsonl"))
+        if logged < rows:
+            raise ConfigError(
+                f"--resume: {self.out / 'metrics.jsonl'} holds {logged} complete rows but the "
+                f"checkpoint (step {self.step}) expects {rows}; the run directory was modified"
+            )
+        return rows
 
     def _log_eval(self, log, loss: float | None, bar) -> dict[str, Any]:
         scores = self.evaluate(self.z_eval)
