@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: install run test bench lint clean
+.PHONY: install run test bench lint clean render-env
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ test: $(STAMP) ## run the test suite
 
 bench: $(STAMP) ## run the benchmarks (prints ratios measured side by side)
 	$(PY) benchmarks/run_all.py
+
+# Blender's bpy (Python 3.11, numpy<2) in its own environment; the Cycles backend of
+# `clinvert threedident render --backend cycles` runs its worker with .venv-render/bin/python.
+PYTHON311 ?= python3.11
+render-env: ## create .venv-render with bpy==5.0.1 (Blender Cycles for 3DIdent)
+	test -x .venv-render/bin/python || $(PYTHON311) -m venv .venv-render
+	.venv-render/bin/python -m pip install --quiet 'bpy==5.0.1' 'numpy<2'
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

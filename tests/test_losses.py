@@ -89,6 +89,7 @@ def test_blockwise_lp_matches_naive_across_many_blocks(monkeypatch, p) -> None:
     import clinvert.losses as losses
 
     monkeypatch.setattr(losses, "BLOCK_ELEMENTS", 40)  # a few rows per block
+    monkeypatch.setattr(losses, "USE_FUSED_KERNELS", False)  # the torch path (GPU, no numba)
     gen = torch.Generator().manual_seed(3)
     a = torch.randn(29, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     b = torch.randn(29, 4, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -100,3 +101,36 @@ def test_blockwise_lp_matches_naive_across_many_blocks(monkeypatch, p) -> None:
     ra, rb = torch.autograd.grad(ref, (a, b))
     torch.testing.assert_close(ga, ra)
     torch.testing.assert_close(gb, rb)
+
+
+@pytest.mark.skipif(not __import__("clinvert.kernels").kernels.AVAILABLE, reason="numba missing")
+@pytest.mark.parametrize("p", [1.0, 3.0, 4.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_lp_kernels_match_naive_values_and_gradients(p, dtype) -> None:
+    import clinvert.losses as losses
+
+    assert losses._fused_ok(torch.zeros(1, 1, dtype=dtype), torch.zeros(1, 1, dtype=dtype), p)
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randn(67, 6, generator=gen, dtype=dtype)
+    b = torch.randn(45, 6, generator=gen, dtype=dtype)  # M != B: rectangular blocks
+    weights = torch.randn(67, 45, generator=gen, dtype=dtype)
+    a1, b1 = a.clone().requires_grad_(), b.clone().requires_grad_()
+    a2, b2 = a.clone().requires_grad_(), b.clone().requires_grad_()
+    ours = losses.lp_similarity_matrix(a1, b1, p)
+    ref = -(a2[:, None, :] - b2[None, :, :]).abs().pow(p).sum(-1)
+    # float32: sums of ~50 terms in another order than torch's, so a few ulps of the largest term
+    # (eps = 1.2e-7) per term; float64 agrees to rounding.
+    eps = 5e-5 if dtype == torch.float32 else 1e-12
+
+    def close(x: torch.Tensor, y: torch.Tensor) -> None:
+        torch.testing.assert_close(x, y, rtol=eps, atol=eps * float(y.detach().abs().max()))
+
+    close(ours, ref)
+    (ours * weights).sum().backward()
+    (ref * weights).sum().backward()
+    close(a1.grad, a2.grad)
+    close(b1.grad, b2.grad)
+    if dtype == torch.float64:
+        x = a[:9].clone().requires_grad_()
+        y = b[:7].clone().requires_grad_()
+        assert torch.autograd.gradcheck(lambda u, v: losses.lp_similarity_matrix(u, v, p), (x, y))

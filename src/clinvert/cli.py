@@ -21,6 +21,8 @@ examples:
   clinvert train configs/synthetic/examples/box-laplace-l1.yaml --out runs/box \\
       --set train.steps=2000 --set latent.conditional.scale=0.1
   clinvert train --resume runs/box            # continue from runs/box/checkpoint.pt
+  clinvert train configs/synthetic/table2/box-uniform-laplace0.05__box-l1.yaml --profile quick \
+      --out runs/l1-quick                      # a table row at its quick (2-core) size
 
 The run directory receives config.yaml (resolved), metrics.jsonl (one line per evaluation),
 result.json (final scores on fresh samples, identity baseline) and checkpoint.pt.
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
     p.add_argument("--steps", type=int, help="with --resume: train to this many steps in total")
     p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
+    p.add_argument("--profile", help="merge this profile of the config first (e.g. quick)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_set(p)
 
@@ -149,7 +152,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML run configuration (default: built-in defaults)")
     p.add_argument("--profile", help="merge this profile of the config (e.g. quick)")
     _add_set(p)
+    _add_threedident(sub)
     return parser
+
+
+def _add_threedident(sub: argparse._SubParsersAction) -> None:
+    """The ``threedident`` command group (``render``)."""
+    p = sub.add_parser(
+        "threedident",
+        help="3DIdent data: render the teapot dataset",
+        description="3DIdent: images of the Utah teapot rendered from ten latent factors.",
+    )
+    group = p.add_subparsers(dest="threedident_command", metavar="ACTION", required=True)
+    r = group.add_parser(
+        "render",
+        help="render (or resume rendering) a dataset directory",
+        description=(
+            "Render N images of S x S pixels into DIR (manifest.json, latents.npy, images/*.png, "
+            "images.npy). Resumable: running the same command again renders only what is missing."
+        ),
+        epilog=(
+            "examples:\n"
+            "  clinvert threedident render --n 1000 --size 64 --out data/3dident-preview\n"
+            "  clinvert threedident render --n 100 --size 64 --backend cycles --samples 8 \\\n"
+            "      --out data/3dident-cycles      # needs 'make render-env' (Blender's bpy)\n"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("--n", type=int, required=True, help="number of images")
+    r.add_argument("--size", type=int, required=True, help="image side in pixels")
+    r.add_argument("--out", required=True, help="dataset directory")
+    r.add_argument("--backend", default="preview", help="preview (default, torch) or cycles")
+    r.add_argument("--mode", default="box", help="latent coordinates: box (default) or periodic")
+    r.add_argument("--seed", type=int, default=0, help="seed of the latents (default 0)")
+    r.add_argument("--samples", type=int, help="cycles: samples per pixel (default 8)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def demo_config_path() -> Path:
@@ -174,8 +211,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from clinvert import train
 
     if args.resume:
-        if args.config or args.overrides:
-            raise ConfigError("--resume: takes no CONFIG or --set; the run's config.yaml is used")
+        if args.config or args.overrides or args.profile:
+            raise ConfigError(
+                "--resume: takes no CONFIG, --profile or --set; the run's config.yaml is used"
+            )
         if not (Path(args.resume) / "config.yaml").exists():
             raise ConfigError(f"--resume: {args.resume} holds no run (config.yaml missing)")
         if args.steps is not None and args.steps < 0:
@@ -188,7 +227,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--out: a run directory is required")
         if args.steps is not None:
             raise ConfigError("--steps: only with --resume; use --set train.steps=N")
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, args.profile)
         result = train.train(cfg, args.out, progress=not args.quiet, force=args.force)
     print_comparison(result)
     return 0 if result["status"] == "finished" else 1
@@ -266,6 +305,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_threedident(args: argparse.Namespace) -> int:
+    from clinvert.data.threedident import store
+
+    store.check_settings(args.n, args.size, args.backend, args.mode, args.seed, args.samples)
+    manifest = store.render_dataset(
+        args.out,
+        n=args.n,
+        size=args.size,
+        backend=args.backend,
+        mode=args.mode,
+        seed=args.seed,
+        samples=args.samples,
+        progress=not args.quiet,
+    )
+    print(
+        f"{args.out}: {manifest['n']} images {manifest['size']}x{manifest['size']} "
+        f"({manifest['renderer']}, {manifest['seconds']:.1f} s)"
+    )
+    return 0
+
+
 COMMANDS = {
     "train": _cmd_train,
     "demo": _cmd_demo,
@@ -273,6 +333,7 @@ COMMANDS = {
     "headline": _cmd_headline,
     "report": _cmd_report,
     "config": _cmd_config,
+    "threedident": _cmd_threedident,
 }
 
 

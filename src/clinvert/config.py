@@ -1,12 +1,19 @@
 """Typed, validated run configuration: YAML in, one clear line out when something is wrong.
 
-A run configuration has five sections (see README, "Config format")::
+A run configuration has five sections (see README, "Config format"), and an optional sixth::
 
     latent:  dim, space, box, marginal{name, ...}, conditional{name, ...}
     mixing:  layers, seed, cond_quantile, cond_trials
-    model:   encoder, widths, output, learnable_scale, scale, similarity, p, tau
+    model:   encoder, stem, widths, output, learnable_scale, scale, similarity, p, tau
     train:   batch_size, steps, lr, optimizer, schedule, warmup_steps, seed, device, checkpoint_every
     eval:    every, samples, correlation
+    data:    source (synthetic | threedident), train_dir, test_dir, workers
+
+With ``data.source: threedident`` the observations are rendered images instead of g(z): the
+``latent`` section still describes the latent process (a box [-1, 1]^10 with a uniform marginal and
+the conditional of positive pairs, snapped to the nearest rendered image), ``mixing`` is unused, and
+the encoder is ``resnet18``. A synthetic run's resolved config omits ``data`` and ``model.stem``, so
+its ``config.yaml`` reads exactly as before the image path existed.
 
 Every field is checked (types, ranges, names, and combinations such as ``vmf`` on a box) before any
 work starts; :class:`ConfigError` names the field, the value and what is allowed.
@@ -127,7 +134,8 @@ class MixingConfig(_Section):
 class ModelConfig(_Section):
     """Encoder, output head and loss."""
 
-    encoder: Literal["mlp"] = "mlp"
+    encoder: Literal["mlp", "resnet18"] = "mlp"
+    stem: Literal["imagenet", "small"] = "imagenet"
     input_norm: Literal["none", "standardize", "whiten"] = "whiten"
     widths: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=0, max_length=64)] = list(
         PAPER_WIDTHS
@@ -163,6 +171,19 @@ class EvalConfig(_Section):
     every: Annotated[int, Field(ge=1)] = 250
     samples: Annotated[int, Field(ge=8, le=10_000_000)] = 4096
     correlation: Literal["pearson", "spearman"] = "pearson"
+
+
+class DataConfig(_Section):
+    """Where observations come from: the synthetic mixing g(z), or rendered 3DIdent images.
+
+    ``train_dir`` / ``test_dir`` are dataset directories (see :mod:`clinvert.data.images`), relative
+    to the working directory; ``workers`` loader processes build the nearest-neighbour pairs.
+    """
+
+    source: Literal["synthetic", "threedident"] = "synthetic"
+    train_dir: str | None = None
+    test_dir: str | None = None
+    workers: Annotated[int, Field(ge=0, le=64)] = 2
 
 
 class Claim(_Section):
@@ -202,10 +223,25 @@ class RunConfig(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    data: DataConfig = DataConfig()
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain, YAML-ready dictionary of the full resolved config."""
-        return self.model_dump(mode="json")
+        """Plain, YAML-ready dictionary of the full resolved config.
+
+        Synthetic runs leave out ``data`` and ``model.stem`` (neither applies to them), so their
+        resolved config is unchanged by the image path and old run directories stay resumable.
+        """
+        out = self.model_dump(mode="json")
+        if self.data.source == "synthetic" and self.data == DataConfig():
+            del out["data"]
+        if self.model.encoder == "mlp" and self.model.stem == "imagenet":
+            del out["model"]["stem"]
+        return out
+
+    @property
+    def is_image_run(self) -> bool:
+        """Whether observations are images from a dataset on disk (not the synthetic mixing)."""
+        return self.data.source != "synthetic"
 
     def to_yaml(self) -> str:
         """The full resolved config as YAML."""
@@ -302,6 +338,64 @@ def _check_combinations(cfg: RunConfig) -> None:
         )
 
 
+def _check_images(cfg: RunConfig) -> None:
+    """Combinations of an image run (``data.source: threedident``) and of the image encoder."""
+    data, latent, model = cfg.data, cfg.latent, cfg.model
+    if not cfg.is_image_run:
+        if model.encoder != "mlp":
+            raise ConfigError(
+                f"model.encoder: {model.encoder} encodes images and needs data.source threedident, "
+                "got source=synthetic (use encoder mlp)"
+            )
+        if model.stem != "imagenet":
+            raise ConfigError(
+                f"model.stem: applies to the resnet18 encoder only, got {model.stem!r} with "
+                "encoder mlp (remove it)"
+            )
+        return
+    for name in ("train_dir", "test_dir"):
+        if not getattr(data, name):
+            raise ConfigError(f"data.{name}: required for source {data.source}, got None")
+    if model.encoder != "resnet18":
+        raise ConfigError(
+            f"model.encoder: source {data.source} needs an image encoder, got {model.encoder!r} "
+            "(allowed: resnet18)"
+        )
+    if model.input_norm == "whiten":
+        raise ConfigError(
+            "model.input_norm: whiten applies to vector observations; for images use standardize "
+            "(per-channel, fitted on training images) or none, got 'whiten'"
+        )
+    if latent.space != "box":
+        raise ConfigError(
+            f"latent.space: the 3DIdent latents live in a box, got {latent.space!r} (use box)"
+        )
+    if latent.marginal.name != "uniform":
+        raise ConfigError(
+            f"latent.marginal.name: pairs start from the dataset's uniform latents, got "
+            f"{latent.marginal.name!r} (use uniform)"
+        )
+    if latent.conditional.name not in ("normal", "laplace", "gennorm"):
+        raise ConfigError(
+            f"latent.conditional.name: {latent.conditional.name} is not defined on a box "
+            "(allowed: normal, laplace, gennorm)"
+        )
+
+
+def check_data_dirs(cfg: RunConfig) -> None:
+    """Raise a one-line ConfigError naming the field when an image run's dataset dirs are missing.
+
+    Called before any work starts (and before the run directory is created); the dataset content
+    itself is checked by :func:`clinvert.data.images.load_image_dataset`.
+    """
+    if not cfg.is_image_run:
+        return
+    for name in ("train_dir", "test_dir"):
+        path = Path(str(getattr(cfg.data, name)))
+        if not path.is_dir():
+            raise ConfigError(f"data.{name}: dataset directory not found, got {str(path)!r}")
+
+
 def validate_config(data: Any) -> RunConfig:
     """Validate a nested dictionary into a :class:`RunConfig` or raise a one-line :class:`ConfigError`."""
     if data is None:
@@ -316,6 +410,7 @@ def validate_config(data: Any) -> RunConfig:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ConfigError(first + more) from None
     _check_combinations(cfg)
+    _check_images(cfg)
     return cfg
 
 

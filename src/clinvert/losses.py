@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clinvert import kernels
+
 
 def cosine_similarity_matrix(a: Tensor, b: Tensor, p: float = 2.0) -> Tensor:
     """s_ij = a_i^T b_j, [B, d] x [M, d] -> [B, M]. ``p`` is ignored."""
@@ -83,13 +85,49 @@ class _BlockwiseLp(torch.autograd.Function):
         return grad_a, grad_b, None
 
 
+class _FusedLp(torch.autograd.Function):
+    """s_ij = -sum_k |a_ik - b_jk|^p through the fused numba kernels of :mod:`clinvert.kernels`
+    (CPU): one pass over (i, j, k) forward and one backward, nothing of size [B, M, d]."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, p: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(a, b)
+        ctx.p = p
+        return kernels.lp_forward(a, b, p)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        a, b = ctx.saved_tensors
+        grad_a, grad_b = kernels.lp_backward(a, b, grad, ctx.p)
+        return grad_a, grad_b, None
+
+
+#: Use the fused numba kernels for L_p on the CPU (integer p; numba installed). Tests flip this to
+#: check both paths against the naive formula.
+USE_FUSED_KERNELS = kernels.AVAILABLE
+FUSED_P = (1.0, 3.0, 4.0)
+
+
+def _fused_ok(a: Tensor, b: Tensor, p: float) -> bool:
+    return (
+        USE_FUSED_KERNELS
+        and p in FUSED_P
+        and a.device.type == "cpu"
+        and b.device.type == "cpu"
+        and a.dtype in (torch.float32, torch.float64)
+        and a.dtype == b.dtype
+    )
+
+
 def lp_similarity_matrix(a: Tensor, b: Tensor, p: float = 2.0) -> Tensor:
     """s_ij = -||a_i - b_j||_p^p, [B, d] x [M, d] -> [B, M], without a [B, M, d] tensor.
 
-    p = 2 is one matrix product; p = 1 is ``torch.cdist``; other p run blockwise (see
-    ``_BlockwiseLp``), measured 7-8x faster than ``torch.cdist`` for p = 3 forward+backward at
-    B = 512 and 2048 (for p = 1 cdist was 1.3-1.7x faster than the blockwise form).
+    p = 2 is one matrix product. On the CPU, p = 1, 3, 4 use fused numba kernels (at B = 6144,
+    d = 10, 2 cores: L1 forward+backward ~0.37 s against ~1.5 s for ``torch.cdist``); elsewhere
+    p = 1 is ``torch.cdist`` and other p run blockwise in torch (see ``_BlockwiseLp``).
     """
+    if p != 2.0 and _fused_ok(a, b, p):
+        return _FusedLp.apply(a, b, float(p))
     if p == 1.0:
         return -torch.cdist(a, b, p=1.0)
     if p == 2.0:

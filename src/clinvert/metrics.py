@@ -104,3 +104,13 @@ def mcc(z: ArrayLike, h: ArrayLike, correlation: str = "pearson") -> float:
 
 #: Metric registry: name -> function(z, h) -> float.
 METRICS: dict[str, Callable[..., float]] = {"r2": r2, "mcc": mcc}
+
+
+def mcc_per_dim(z: ArrayLike, h: ArrayLike, correlation: str = "pearson") -> np.ndarray:
+    """The matched |correlation| of every latent dimension of z after the Hungarian matching of
+    :func:`mcc`, shape [n_z] (NaN for a dimension left unmatched when h is narrower than z)."""
+    corr = np.abs(correlation_matrix(z, h, correlation))
+    rows, cols = linear_sum_assignment(-corr)
+    out = np.full(corr.shape[0], np.nan)
+    out[rows] = corr[rows, cols]
+    return out

@@ -5,6 +5,14 @@ fresh samples; atomic checkpoints; resume; the run directory contract of ``archi
     DIR/metrics.jsonl    one JSON object per evaluation (step, loss, r2, mcc, lr, wall_seconds, ...)
     DIR/result.json      final scores on a fresh test set, identity baseline, seed, steps, wall time
     DIR/checkpoint.pt    model, optimiser, scheduler, RNG states, step (written atomically)
+
+Two batch sources feed the same loop. Synthetic runs (``data.source: synthetic``) draw (z, z~) from
+the latent process and mix them with g on the device, exactly as before the image path existed.
+Image runs (``data.source: threedident``, :class:`ImageData`) draw pairs of rendered images from a
+:class:`~clinvert.data.pairs.PairBatches` loader (nearest rendered latents, ``data.workers``
+processes), evaluate on the held-out test dataset with per-factor scores and also write
+``DIR/r2_per_factor.png``. Batch k of an image run depends only on (seed, k), so the checkpoint's
+step is the loader's position and a resumed run continues exactly, with or without workers.
 """
 
 from __future__ import annotations
@@ -23,8 +31,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from clinvert import metrics
-from clinvert.config import ConfigError, RunConfig, read_yaml, validate_config
-from clinvert.io import read_jsonl, save_torch, write_json, write_text
+from clinvert.config import ConfigError, RunConfig, check_data_dirs, read_yaml, validate_config
+from clinvert.io import read_jsonl, save_torch, write_bytes, write_json, write_text
 from clinvert.latents import LatentProcess, make_conditional, make_marginal, make_space
 from clinvert.losses import InfoNCE
 from clinvert.mixing import InvertibleMLP
@@ -34,6 +42,12 @@ from clinvert.models import Model, make_model
 STREAM_TRAIN, STREAM_EVAL, STREAM_TEST, STREAM_INIT, STREAM_INPUT_NORM = 0, 1, 2, 3, 4
 #: Observations used to fit the encoder's input normalisation.
 INPUT_NORM_SAMPLES = 20_000
+#: Training images used to fit the per-channel input normalisation of an image encoder.
+IMAGE_NORM_SAMPLES = 2_000
+#: Images per forward pass when encoding a dataset.
+IMAGE_CHUNK = 256
+#: Side of the average-pooled pixel grid of the image identity baseline (at most).
+PIXEL_BASELINE_GRID = 8
 #: Codes of :meth:`Trainer.train_step`'s finiteness flag.
 BAD_LOSS, BAD_GRAD = 1, 2
 #: On an accelerator, the finiteness flags are read every this many steps (and before every
@@ -75,7 +89,7 @@ class Experiment:
     cfg: RunConfig
     device: torch.device
     process: LatentProcess
-    mixing: InvertibleMLP
+    mixing: InvertibleMLP | None  # None for image runs: the renderer is the mixing
     model: Model
     loss: InfoNCE
 
@@ -92,9 +106,17 @@ def build_process(cfg: RunConfig) -> LatentProcess:
     )
 
 
-def build_experiment(cfg: RunConfig, device: torch.device | None = None) -> Experiment:
-    """Build process, mixing, model and loss of a run; weights depend only on the seeds."""
+def build_experiment(
+    cfg: RunConfig, device: torch.device | None = None, images: ImageData | None = None
+) -> Experiment:
+    """Build process, mixing, model and loss of a run; weights depend only on the seeds.
+
+    An image run (``images`` given) has no mixing; its per-channel input normalisation is fitted on
+    training images.
+    """
     device = device or resolve_device(cfg.train.device)
+    if images is not None:
+        return _build_image_experiment(cfg, device, images)
     mix = cfg.mixing
     mixing = InvertibleMLP(
         cfg.latent.dim, mix.layers, cfg.mixing_seed, mix.cond_quantile, mix.cond_trials
@@ -120,6 +142,198 @@ def build_experiment(cfg: RunConfig, device: torch.device | None = None) -> Expe
         model.input_norm.fit(mixing(z))
     loss = InfoNCE(cfg.model.similarity, p=cfg.model.p, tau=cfg.model.tau)
     return Experiment(cfg, device, process, mixing, model, loss)
+
+
+def _build_image_experiment(cfg: RunConfig, device: torch.device, images: ImageData) -> Experiment:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.train.seed, STREAM_INIT))
+        model = make_model(
+            3,
+            cfg.latent.dim,
+            cfg.model.output,
+            encoder=cfg.model.encoder,
+            negative_slope=cfg.model.negative_slope,
+            learnable_scale=cfg.model.learnable_scale,
+            scale=cfg.model.scale,
+            input_norm=cfg.model.input_norm,
+            stem=cfg.model.stem,
+        ).to(device)
+    if cfg.model.input_norm != "none":
+        model.input_norm.fit(images.norm_sample(device))
+    loss = InfoNCE(cfg.model.similarity, p=cfg.model.p, tau=cfg.model.tau)
+    return Experiment(cfg, device, build_process(cfg), None, model, loss)
+
+
+class ImageData:
+    """The image side of a run: training pairs, the held-out test set and its scores.
+
+    Args:
+        cfg: a validated image-run config (``data.source: threedident``).
+        device: the training device (images cross as bytes and become floats there).
+
+    Raises:
+        ConfigError: one line naming ``data.train_dir`` / ``data.test_dir`` and the bad file.
+    """
+
+    def __init__(self, cfg: RunConfig, device: torch.device) -> None:
+        from clinvert.data.images import load_image_dataset
+        from clinvert.data.pairs import PairBatches
+        from clinvert.latents import NoiseLaw
+
+        check_data_dirs(cfg)
+        loaded = {}
+        for name in ("train_dir", "test_dir"):
+            try:
+                loaded[name] = load_image_dataset(getattr(cfg.data, name))
+            except ConfigError as exc:
+                raise ConfigError(f"data.{name}: {exc}") from None
+        self.train, self.test = loaded["train_dir"], loaded["test_dir"]
+        for name, ds in loaded.items():
+            if len(ds.factors) != cfg.latent.dim:
+                raise ConfigError(
+                    f"latent.dim: the dataset in data.{name} has {len(ds.factors)} factors, "
+                    f"got dim={cfg.latent.dim}"
+                )
+            if ds.mode == "box" and tuple(cfg.latent.box) != (-1.0, 1.0):
+                raise ConfigError(
+                    f"latent.box: box-mode datasets have latents in [-1, 1], got {cfg.latent.box}"
+                )
+        if self.test.factors != self.train.factors or self.test.mode != self.train.mode:
+            raise ConfigError(
+                "data.test_dir: factors or mode differ from data.train_dir "
+                f"({self.test.mode} vs {self.train.mode})"
+            )
+        self.cfg, self.device = cfg, device
+        cond = cfg.latent.conditional.model_dump(exclude={"name"})
+        self.pairs = PairBatches(
+            self.train,
+            NoiseLaw(cfg.latent.conditional.name, **cond),
+            cfg.train.batch_size,
+            cfg.train.seed,
+            STREAM_TRAIN,
+            box=(cfg.latent.box[0], cfg.latent.box[1]),
+        )
+        self.eval_count = min(cfg.eval.samples, len(self.test))
+        self.z_test = torch.from_numpy(self.test.latents[: self.eval_count])
+        self._iter: Any = None
+
+    def norm_sample(self, device: torch.device) -> Tensor:
+        """Evenly spaced training images (float [M, 3, S, S]) to fit the input normalisation."""
+        from clinvert.data.images import images_to_float
+
+        count = min(IMAGE_NORM_SAMPLES, len(self.train))
+        idx = np.linspace(0, len(self.train) - 1, count).round().astype(np.int64)
+        return images_to_float(np.array(self.train.images[idx]), device)
+
+    def next_batch(self, step: int) -> dict[str, Tensor]:
+        """Batch ``step`` of training pairs; the loader starts at the first step asked for."""
+        from clinvert.data.pairs import make_pair_loader
+
+        if self._iter is None:
+            loader = make_pair_loader(
+                self.pairs, step, max(self.cfg.train.steps, step + 1), self.cfg.data.workers
+            )
+            self._iter, self._next = iter(loader), step
+        if step != self._next:
+            raise RuntimeError(f"pair loader is at batch {self._next}, asked for {step}")
+        self._next += 1
+        return next(self._iter)
+
+    def close(self) -> None:
+        """Stop the loader's worker processes."""
+        self._iter = None
+
+    def floats(self, images: Tensor) -> Tensor:
+        """uint8 [B, S, S, 3] -> float [B, 3, S, S] in [0, 1] on the training device."""
+        from clinvert.data.images import images_to_float
+
+        return images_to_float(images, self.device)
+
+    @torch.no_grad()
+    def encode_test(self, model: torch.nn.Module) -> Tensor:
+        """f(x) of the first ``eval_count`` test images, in evaluation mode, on the CPU."""
+        was_training = model.training
+        model.eval()
+        out = []
+        for i in range(0, self.eval_count, IMAGE_CHUNK):
+            chunk = np.array(self.test.images[i : min(i + IMAGE_CHUNK, self.eval_count)])
+            out.append(model(self.floats(torch.from_numpy(chunk))).cpu())
+        model.train(was_training)
+        return torch.cat(out)
+
+    def pixel_features(self) -> Tensor:
+        """Average-pooled pixels of the test images [M, 3 k^2], k <= 8 and 3 k^2 <= M / 20.
+
+        The cap keeps the held-out linear fit (on M / 2 images) from merely overfitting: with
+        1000 test images and 192 features the baseline's R^2 was -3.3, with 48 features near 0.
+        """
+        grid = PIXEL_BASELINE_GRID
+        while grid > 1 and 3 * grid * grid > self.eval_count // 20:
+            grid //= 2
+        feats = []
+        for i in range(0, self.eval_count, IMAGE_CHUNK):
+            chunk = np.array(self.test.images[i : min(i + IMAGE_CHUNK, self.eval_count)])
+            x = self.floats(torch.from_numpy(chunk))
+            feats.append(torch.nn.functional.adaptive_avg_pool2d(x, grid).flatten(1).cpu())
+        self.pixel_grid = grid
+        return torch.cat(feats)
+
+    def score(self, h: Tensor) -> dict[str, Any]:
+        """R^2 and MCC, overall and per factor, of ``h`` against the test latents.
+
+        In a periodic dataset an angle factor is scored through its (cos, sin) embedding: its R^2
+        is the mean over the two columns, and MCC is computed over the embedded columns (no
+        per-factor MCC there).
+        """
+        from clinvert.data.pairs import embed_latents
+
+        correlation = self.cfg.eval.correlation
+        factors = self.test.factors
+        periodic = self.test.periodic_mask()
+        z = self.z_test.numpy()
+        if not periodic.any():
+            out = score(z, h, correlation)
+            per = metrics.mcc_per_dim(z, h, correlation)
+            out["r2_per_factor"] = dict(zip(factors, out["r2_per_dim"], strict=True))
+            out["mcc_per_factor"] = {f: float(v) for f, v in zip(factors, per, strict=True)}
+            return out
+        target = embed_latents(z, periodic)
+        out = score(target, h, correlation)
+        cols = out.pop("r2_per_dim")
+        linear = [f for f, p in zip(factors, periodic, strict=True) if not p]
+        angles = [f for f, p in zip(factors, periodic, strict=True) if p]
+        per_factor = dict(zip(linear, cols[: len(linear)], strict=True))
+        k = len(angles)
+        for i, name in enumerate(angles):
+            per_factor[name] = 0.5 * (cols[len(linear) + i] + cols[len(linear) + k + i])
+        out["r2_per_factor"] = {f: float(per_factor[f]) for f in factors}
+        out["r2_per_dim"] = [out["r2_per_factor"][f] for f in factors]
+        out["r2"] = float(np.mean(out["r2_per_dim"]))
+        return out
+
+
+def plot_r2_per_factor(path: Path, r2_per_factor: dict[str, float], title: str) -> None:
+    """Bar chart of per-factor R^2, written atomically as PNG."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.2), dpi=120)
+    ax = fig.add_subplot()
+    names = list(r2_per_factor)
+    values = [max(float(v), -0.1) for v in r2_per_factor.values()]
+    ax.bar(range(len(names)), values, color="tab:blue")
+    ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+    ax.set_ylim(min(0.0, min(values, default=0.0)), 1.05)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_ylabel("R² (held-out affine fit)")
+    ax.set_title(title, fontsize=9)
+    for i, v in enumerate(r2_per_factor.values()):
+        ax.text(i, max(float(v), 0.0) + 0.01, f"{float(v):.2f}", ha="center", fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_bytes(path, buf.getvalue())
 
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -173,7 +387,9 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(out_dir)
         self.progress = progress
-        self.exp = build_experiment(cfg)
+        device = resolve_device(cfg.train.device)
+        self.images = ImageData(cfg, device) if cfg.is_image_run else None
+        self.exp = build_experiment(cfg, device, self.images)
         self.device = self.exp.device
         self.optimizer = make_optimizer(cfg, self.exp.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -187,8 +403,17 @@ class Trainer:
         # resumed run logs the same averages as an uninterrupted one).
         self.loss_sum = torch.zeros((), device=self.device)
         self.loss_count = 0
-        self.z_eval = self._fresh_latents(STREAM_EVAL)
-        self.z_test = self._fresh_latents(STREAM_TEST)
+        if self.images is None:
+            self.z_eval = self._fresh_latents(STREAM_EVAL)
+            self.z_test = self._fresh_latents(STREAM_TEST)
+        else:  # image runs score on the held-out test dataset (the first eval.samples images)
+            self.z_eval = self.z_test = self.images.z_test
+        # Flush denormal floats to zero (x86 FTZ/DAZ). At a small tau the softmax weights of far
+        # negatives underflow into the denormal range, where every CPU multiply costs ~100x: an L3
+        # (tau = 1.25e-4) step at B = 512 took 1.0 s with denormals and 0.15 s without. Values
+        # below 1.2e-38 are far under float32's rounding of the loss. Set last, because building the
+        # experiment (LAPACK calls) can reset the flag; process-wide; no effect on GPUs.
+        torch.set_flush_denormal(True)
 
     # ----- data --------------------------------------------------------------------------------
     def _fresh_latents(self, stream: int) -> Tensor:
@@ -196,7 +421,10 @@ class Trainer:
         return self.exp.process.sample_marginal(self.cfg.eval.samples, gen, self.device)
 
     def sample_batch(self) -> tuple[Tensor, Tensor]:
-        """One training batch of observation pairs (x, x~), each [B, n]."""
+        """One training batch of observation pairs (x, x~), each [B, n] (images: [B, 3, S, S])."""
+        if self.images is not None:
+            batch = self.images.next_batch(self.step)
+            return self.images.floats(batch["x"]), self.images.floats(batch["x_tilde"])
         z, z_tilde = self.exp.process.sample_pairs(
             self.cfg.train.batch_size, self.generator, self.device
         )
@@ -232,18 +460,38 @@ class Trainer:
 
     def supervised_loss(self) -> Tensor:
         """The supervised baseline: mean squared error of f(g(z)) against z (the ceiling)."""
+        if self.images is not None:
+            batch = self.images.next_batch(self.step)
+            x = self.images.floats(batch["x"])
+            return torch.nn.functional.mse_loss(self.exp.model(x), batch["z"].to(self.device))
         z = self.exp.process.sample_marginal(self.cfg.train.batch_size, self.generator, self.device)
         return torch.nn.functional.mse_loss(self.exp.model(self.exp.mixing(z)), z)
 
     def evaluate(self, z: Tensor) -> dict[str, Any]:
-        """Scores of the current encoder on latents ``z`` (fresh samples, never a training batch)."""
+        """Scores of the current encoder on latents ``z`` (fresh samples, never a training batch).
+
+        An image run scores on its held-out test images (whose latents ``z`` are), per factor too.
+        """
+        if self.images is not None:
+            h = self.images.encode_test(self.exp.model)
+            if not torch.isfinite(h).all():
+                raise RunFailed(f"non-finite encoder output at step {self.step}")
+            return self.images.score(h)
         h = encode(self.exp.model, self.exp.mixing(z))
         if not torch.isfinite(h).all():
             raise RunFailed(f"non-finite encoder output at step {self.step}")
         return score(z, h, self.cfg.eval.correlation)
 
     def identity_scores(self) -> dict[str, Any]:
-        """Baseline: scores of z against the observations g(z) themselves."""
+        """Baseline: scores of z against the observations g(z) themselves.
+
+        For images the observations are pixels: the baseline is a held-out linear fit on the
+        average-pooled test images (``baseline`` names the grid).
+        """
+        if self.images is not None:
+            out = self.images.score(self.images.pixel_features())
+            grid = self.images.pixel_grid
+            return {"baseline": f"linear fit on {grid}x{grid}x3 average-pooled pixels", **out}
         return score(self.z_test, self.exp.mixing(self.z_test), self.cfg.eval.correlation)
 
     # ----- state -------------------------------------------------------------------------------
@@ -355,10 +603,17 @@ class Trainer:
                 status, error = "failed", str(exc)
             finally:
                 bar.close()
+                if self.images is not None:
+                    self.images.close()
         if status == "finished":
             self.save_checkpoint(len(rows))
         result = self._result(status, error, identity, rows)
         write_json(self.out / "result.json", result)
+        if self.images is not None and "final" in result:
+            title = f"{self.cfg.name or 'run'}: R² per factor at step {self.step}"
+            plot_r2_per_factor(
+                self.out / "r2_per_factor.png", result["final"]["r2_per_factor"], title
+            )
         return result
 
     def _resume(self) -> int:
@@ -420,8 +675,14 @@ class Trainer:
                 "seed": self.cfg.train.seed,
                 "name": self.cfg.name,
                 "device": str(self.device),
-                "mixing": {"condition_numbers": self.exp.mixing.condition_numbers},
-                "eval_samples": self.cfg.eval.samples,
+                "mixing": (
+                    {"condition_numbers": self.exp.mixing.condition_numbers}
+                    if self.exp.mixing is not None
+                    else None
+                ),
+                "eval_samples": (
+                    self.cfg.eval.samples if self.images is None else self.images.eval_count
+                ),
                 "versions": {
                     "torch": torch.__version__,
                     "python": platform.python_version(),
@@ -429,6 +690,13 @@ class Trainer:
                 },
             }
         )
+        if self.images is not None:
+            result["data"] = {
+                "train": self.images.train.describe(),
+                "test": self.images.test.describe(),
+                "factors": self.images.test.factors,
+                "workers": self.cfg.data.workers,
+            }
         return result
 
 
@@ -447,6 +715,7 @@ def train(
     """Train ``cfg`` into ``out_dir`` from scratch and return the result."""
     out = Path(out_dir)
     check_run_dir(out, force)
+    check_data_dirs(cfg)
     if force:
         for name in ("result.json", "checkpoint.pt", "metrics.jsonl"):
             (out / name).unlink(missing_ok=True)

@@ -7,10 +7,13 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from clinvert.models.heads import HEADS, BoxHead, SphereHead, UnboundedHead
-from clinvert.models.input_norm import INPUT_NORMS, InputNorm
+from clinvert.models.input_norm import INPUT_NORMS, ChannelNorm, InputNorm
 from clinvert.models.mlp import PAPER_WIDTHS, MLPEncoder
+from clinvert.models.resnet import ResNet18Encoder
 
-ENCODERS: dict[str, type[nn.Module]] = {"mlp": MLPEncoder}
+ENCODERS: dict[str, type[nn.Module]] = {"mlp": MLPEncoder, "resnet18": ResNet18Encoder}
+#: Encoders of images [B, C, H, W] (``in_dim`` is the number of channels).
+IMAGE_ENCODERS = ("resnet18",)
 
 
 class Model(nn.Module):
@@ -40,20 +43,32 @@ def make_model(
     learnable_scale: bool = False,
     scale: float = 1.0,
     input_norm: str = "none",
+    stem: str = "imagenet",
 ) -> Model:
-    """Build encoder + head from config names. ``scale`` is the sphere radius or the box bound."""
+    """Build encoder + head from config names. ``scale`` is the sphere radius or the box bound.
+
+    For an image encoder (``resnet18``) ``in_dim`` is the number of channels, ``widths`` is unused,
+    ``stem`` picks the ResNet stem and ``input_norm`` is per-channel (:class:`ChannelNorm`).
+    """
     if encoder not in ENCODERS:
         raise ValueError(f"model.encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
     if output not in HEADS:
         raise ValueError(f"model.output must be one of {', '.join(HEADS)}, got {output!r}")
-    enc = ENCODERS[encoder](in_dim, out_dim, widths=widths, negative_slope=negative_slope)
+    if encoder in IMAGE_ENCODERS:
+        enc: nn.Module = ENCODERS[encoder](
+            in_dim, out_dim, negative_slope=negative_slope, stem=stem
+        )
+        norm: nn.Module = ChannelNorm(in_dim, input_norm)
+    else:
+        enc = ENCODERS[encoder](in_dim, out_dim, widths=widths, negative_slope=negative_slope)
+        norm = InputNorm(in_dim, input_norm)
     if output == "sphere":
         head: nn.Module = SphereHead(out_dim, radius=scale, learnable=learnable_scale)
     elif output == "box":
         head = BoxHead(out_dim, bound=scale, learnable=learnable_scale)
     else:
         head = UnboundedHead(out_dim)
-    return Model(enc, head, InputNorm(in_dim, input_norm))
+    return Model(enc, head, norm)
 
 
 __all__ = [
@@ -63,6 +78,9 @@ __all__ = [
     "InputNorm",
     "PAPER_WIDTHS",
     "BoxHead",
+    "ChannelNorm",
+    "IMAGE_ENCODERS",
+    "ResNet18Encoder",
     "MLPEncoder",
     "Model",
     "SphereHead",

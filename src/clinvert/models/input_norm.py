@@ -56,3 +56,41 @@ class InputNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}"
+
+
+class ChannelNorm(nn.Module):
+    """Image input normalisation: x -> (x - mean_c) / std_c per channel, fixed after :meth:`fit`.
+
+    ``standardize`` estimates the per-channel mean and standard deviation once from training images
+    (observations only); ``none`` leaves the [0, 1] pixels as they are. ``whiten`` is not offered:
+    a full pixel covariance is neither needed nor cheap for a convolutional encoder.
+    """
+
+    def __init__(self, channels: int = 3, kind: str = "standardize") -> None:
+        super().__init__()
+        if kind not in ("none", "standardize"):
+            raise ValueError(
+                f"model.input_norm for images must be one of none, standardize, got {kind!r}"
+            )
+        self.kind = kind
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("std", torch.ones(channels))
+
+    @torch.no_grad()
+    def fit(self, x: Tensor) -> ChannelNorm:
+        """Estimate per-channel mean and std from float images [N, C, H, W]."""
+        if self.kind == "none":
+            return self
+        x64 = x.detach().to(torch.float64).transpose(0, 1).reshape(x.shape[1], -1)
+        self.mean.copy_(x64.mean(1).to(self.mean.dtype))
+        self.std.copy_(x64.std(1).clamp_min(1e-6).to(self.std.dtype))
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, C, H, W] -> [B, C, H, W]."""
+        if self.kind == "none":
+            return x
+        return (x - self.mean[:, None, None]) / self.std[:, None, None]
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}"

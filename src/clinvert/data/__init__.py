@@ -1,0 +1,1 @@
+"""Data sources: 3DIdent (render, store) and, later, other pair sources."""

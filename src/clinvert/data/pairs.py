@@ -1,0 +1,225 @@
+"""Positive pairs of rendered images: sample (z, z~) in latent space, snap each to its nearest
+rendered latent (exact search), never the same image twice.
+
+* z ~ uniform over the latent box; z~ ~ p(z~ | z), a noise law (Normal, Laplace, generalised
+  normal) truncated to the box. In ``periodic`` datasets the angle factors are angles in
+  [-pi, pi): their coordinates are drawn in units of pi (noise scale ``scale * pi``) and wrapped
+  instead of truncated, and the search uses a (cos, sin) embedding of every angle.
+* Snapping: one exact nearest-neighbour search per batch for all 2B queries, k = 2 (faiss
+  ``IndexFlatL2``, or scipy's ``cKDTree`` when faiss is not installed). z~ takes its nearest image
+  unless that is z's image, then its second nearest.
+* The returned latents are those of the returned images (what the encoder sees), not the queries.
+
+Batch ``k`` is a pure function of (seed, stream, k): :class:`PairBatches` is a map-style dataset of
+whole batches, so a :class:`~torch.utils.data.DataLoader` with any number of workers yields the same
+sequence and a resumed run continues exactly at its step.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from clinvert.data.images import ImageDataset, load_image_dataset
+from clinvert.latents.distributions import NoiseLaw, truncated_add
+from clinvert.latents.spaces import Box
+
+try:  # optional: exact search without faiss falls back to a KD-tree
+    import faiss
+except ImportError:  # pragma: no cover - exercised only where faiss is absent
+    faiss = None
+
+NN_BACKENDS = ("auto", "faiss", "kdtree")
+
+
+def embed_latents(latents: np.ndarray, periodic: np.ndarray) -> np.ndarray:
+    """Search coordinates of latents [N, n]: linear factors as they are, angles as (cos, sin)."""
+    latents = np.asarray(latents, dtype=np.float32)
+    periodic = np.asarray(periodic, dtype=bool)
+    if not periodic.any():
+        return np.ascontiguousarray(latents)
+    angles = latents[:, periodic]
+    parts = [latents[:, ~periodic], np.cos(angles), np.sin(angles)]
+    return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
+
+
+class NearestNeighbours:
+    """Exact nearest-neighbour search over fixed points [N, m] (float32).
+
+    The index is built lazily in each process that searches (a faiss index is not shared across a
+    fork), with one search thread in a loader worker (the workers already search in parallel).
+
+    Args:
+        points: [N, m] points to search.
+        backend: ``faiss``, ``kdtree`` or ``auto`` (faiss when installed).
+    """
+
+    def __init__(self, points: np.ndarray, backend: str = "auto") -> None:
+        if backend not in NN_BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(NN_BACKENDS)}, got {backend!r}")
+        if backend == "faiss" and faiss is None:
+            raise ImportError("faiss is not installed (pip install faiss-cpu); use backend kdtree")
+        self.backend = "faiss" if backend == "auto" and faiss is not None else backend
+        if self.backend == "auto":
+            self.backend = "kdtree"
+        self.points = np.ascontiguousarray(points, dtype=np.float32)
+        self._index: Any = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_index": None, "_pid": None}
+
+    def _build(self) -> Any:
+        if self._index is None or self._pid != os.getpid():
+            if self.backend == "faiss":
+                if torch.utils.data.get_worker_info() is not None:
+                    # One search thread per loader worker. Not in the training process: faiss
+                    # and torch share one OpenMP runtime, so this would also cap torch's threads.
+                    faiss.omp_set_num_threads(1)
+                index = faiss.IndexFlatL2(self.points.shape[1])
+                index.add(self.points)
+            else:
+                from scipy.spatial import cKDTree
+
+                index = cKDTree(self.points.astype(np.float64))
+            self._index, self._pid = index, os.getpid()
+        return self._index
+
+    def search(self, queries: np.ndarray, k: int = 1) -> np.ndarray:
+        """Indices [Q, k] of the k nearest points of every query, nearest first (one call)."""
+        index = self._build()
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.backend == "faiss":
+            _, idx = index.search(queries, k)
+        else:
+            _, idx = index.query(queries.astype(np.float64), k=k)
+            idx = np.asarray(idx).reshape(queries.shape[0], k)
+        return idx.astype(np.int64)
+
+
+def batch_seed(seed: int, stream: int, index: int) -> int:
+    """A 63-bit seed of batch ``index`` of a random stream."""
+    state = np.random.SeedSequence([seed, stream, index]).generate_state(2, dtype=np.uint64)
+    return int(state[0] >> 1)
+
+
+class PairBatches(Dataset):
+    """Map-style dataset whose item ``k`` is the k-th training batch of positive image pairs.
+
+    Args:
+        dataset: the training images and latents.
+        law: the conditional's noise law (in units of the box; times pi for angle factors).
+        batch_size: pairs per batch.
+        seed: training seed; ``stream``: the random stream of these batches.
+        box: (low, high) of the linear factors (the dataset's [-1, 1]).
+        backend: nearest-neighbour backend (see :class:`NearestNeighbours`).
+
+    An item is a dict with ``x``, ``x_tilde`` (uint8 [B, S, S, 3]), ``z``, ``z_tilde`` (float32
+    [B, n], the latents of the returned images) and ``index``, ``index_tilde`` (int64 [B]).
+    """
+
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        law: NoiseLaw,
+        batch_size: int,
+        seed: int,
+        stream: int = 0,
+        box: tuple[float, float] = (-1.0, 1.0),
+        backend: str = "auto",
+    ) -> None:
+        if len(dataset) < 2:
+            raise ValueError(f"a pair needs two distinct images, the dataset has {len(dataset)}")
+        self.root = dataset.root
+        self.latents = dataset.latents
+        self.periodic = dataset.periodic_mask()
+        self.law = law
+        self.batch_size = int(batch_size)
+        self.seed, self.stream = int(seed), int(stream)
+        self.box = Box(self.latents.shape[1], *box)
+        self.nn = NearestNeighbours(embed_latents(self.latents, self.periodic), backend)
+        self._images: np.ndarray | None = dataset.images
+
+    def __len__(self) -> int:
+        return 2**62  # batches are indexed by step; the sampler decides which ones are drawn
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Spawned workers reopen the memory map instead of receiving the images by pickle.
+        return {**self.__dict__, "_images": None}
+
+    @property
+    def images(self) -> np.ndarray:
+        """The memory-mapped images (reopened in a spawned worker)."""
+        if self._images is None:
+            self._images = load_image_dataset(self.root).images
+        return self._images
+
+    def sample_latents(self, index: int) -> tuple[Tensor, Tensor]:
+        """Query latents (z, z~) [B, n] of batch ``index``, before snapping."""
+        gen = torch.Generator().manual_seed(batch_seed(self.seed, self.stream, index))
+        z = self.box.uniform(self.batch_size, gen, torch.device("cpu"))
+        if not self.periodic.any():
+            return z, truncated_add(z, self.law, self.box, gen)
+        # Angle factors: uniform in [-1, 1) in units of pi, noise wrapped around; the linear
+        # factors keep the truncated law (coordinates that left the box are resampled).
+        periodic = torch.as_tensor(self.periodic)
+        noisy = z + self.law.sample(tuple(z.shape), gen, z.device)
+        for _ in range(1000):
+            outside = ~self.box.inside(noisy) & ~periodic
+            if not bool(outside.any()):
+                break
+            fresh = z + self.law.sample(tuple(z.shape), gen, z.device)
+            noisy = torch.where(outside, fresh, noisy)
+        else:
+            raise ValueError(f"{self.law!r} is too wide for the box; use a smaller scale")
+        wrapped = torch.remainder(noisy + 1.0, 2.0) - 1.0
+        z_tilde = torch.where(periodic, wrapped, noisy)
+        scale = torch.where(periodic, torch.tensor(np.pi, dtype=z.dtype), torch.ones(()))
+        return z * scale, z_tilde * scale
+
+    def snap(self, z: np.ndarray, z_tilde: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of the nearest rendered latents of z and z~ (one search), never equal."""
+        queries = embed_latents(np.concatenate([z, z_tilde]), self.periodic)
+        nearest = self.nn.search(queries, k=2)
+        batch = z.shape[0]
+        first = nearest[:batch, 0]
+        partner = nearest[batch:]
+        second = np.where(partner[:, 0] == first, partner[:, 1], partner[:, 0])
+        return first, second
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        z_query, z_tilde_query = self.sample_latents(int(index))
+        i, j = self.snap(z_query.numpy(), z_tilde_query.numpy())
+        images = self.images
+        return {
+            "x": torch.from_numpy(np.ascontiguousarray(images[i])),
+            "x_tilde": torch.from_numpy(np.ascontiguousarray(images[j])),
+            "z": torch.from_numpy(self.latents[i]),
+            "z_tilde": torch.from_numpy(self.latents[j]),
+            "index": torch.from_numpy(i),
+            "index_tilde": torch.from_numpy(j),
+        }
+
+
+def make_pair_loader(pairs: PairBatches, start: int, stop: int, workers: int) -> DataLoader:
+    """A loader of batches ``start, ..., stop - 1`` of ``pairs`` using ``workers`` processes.
+
+    The sequence does not depend on ``workers``: batch k is always the same, which is what makes
+    a resumed run continue exactly.
+    """
+    return DataLoader(
+        pairs,
+        batch_size=None,
+        sampler=range(start, stop),
+        num_workers=workers,
+        prefetch_factor=2 if workers > 0 else None,
+        persistent_workers=False,
+    )

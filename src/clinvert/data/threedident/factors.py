@@ -1,0 +1,126 @@
+"""The ten 3DIdent latents, how they are sampled and how they map to the scene.
+
+Order and names (``FACTORS``)::
+
+    pos_x, pos_y, pos_z, rot_alpha, rot_beta, rot_gamma, spot_angle, hue_object, hue_spot,
+    hue_background
+
+Two coordinate modes:
+
+``box``
+    all ten latents lie in [-1, 1] and map *linearly* onto a physical interval (``BOX_RANGES``).
+    Every interval is chosen so that the map from latents to images is injective: circular
+    quantities (the spotlight angle, the hues) cover less than a full turn, so that -1 and +1 never
+    give the same image.
+``periodic``
+    the angle factors (three rotations, spotlight angle) and the three hues live on circles and are
+    stored as angles in [-pi, pi); they map to the physical quantity over a full turn (rotations and
+    the spotlight angle in radians as they are, a hue ``h`` in [0, 1) as ``(z + pi) / (2 pi)``). The
+    positions are as in ``box``. Note that three Euler angles over full turns cover each rotation
+    twice; this mode is for circular latent models, not for identifiable Euler angles.
+
+Physical units (``to_physical``): positions in scene units (the teapot is scaled to a half-length of
+1, see :mod:`~clinvert.data.threedident.teapot`), angles in radians, hues in [0, 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+FACTORS: tuple[str, ...] = (
+    "pos_x",
+    "pos_y",
+    "pos_z",
+    "rot_alpha",
+    "rot_beta",
+    "rot_gamma",
+    "spot_angle",
+    "hue_object",
+    "hue_spot",
+    "hue_background",
+)
+MODES: tuple[str, ...] = ("box", "periodic")
+
+#: indices of the factors that are circular in ``periodic`` mode (rotations, spotlight, hues)
+PERIODIC: tuple[int, ...] = (3, 4, 5, 6, 7, 8, 9)
+_HUES = (7, 8, 9)
+
+#: physical interval of each factor in ``box`` mode (latent -1 -> low, +1 -> high)
+BOX_RANGES: dict[str, tuple[float, float]] = {
+    # object centre in scene units: keeps the whole teapot in the fixed camera's view
+    "pos_x": (-1.25, 1.25),
+    "pos_y": (-1.25, 1.25),
+    "pos_z": (-0.5, 0.5),
+    # Euler angles (Blender 'XYZ': R = Rz(gamma) Ry(beta) Rx(alpha)), a half turn each
+    "rot_alpha": (-math.pi / 2, math.pi / 2),
+    "rot_beta": (-math.pi / 2, math.pi / 2),
+    "rot_gamma": (-math.pi / 2, math.pi / 2),
+    # spotlight azimuth on its circle above the object: 3/4 of a turn, so -1 and +1 differ
+    "spot_angle": (-0.75 * math.pi, 0.75 * math.pi),
+    # hues in turns: 0.8 of the colour circle, so the two ends are distinct colours
+    "hue_object": (0.0, 0.8),
+    "hue_spot": (0.0, 0.8),
+    "hue_background": (0.0, 0.8),
+}
+
+
+def check_mode(mode: str) -> str:
+    """Return ``mode`` if it is a known mode, else raise a one-line ConfigError."""
+    if mode not in MODES:
+        from clinvert.config import ConfigError
+
+        raise ConfigError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
+def latent_bounds(mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bound of each latent (float32 [10]) in ``mode``'s coordinates."""
+    check_mode(mode)
+    low = -np.ones(len(FACTORS), np.float32)
+    high = np.ones(len(FACTORS), np.float32)
+    if mode == "periodic":
+        low[list(PERIODIC)] = -math.pi
+        high[list(PERIODIC)] = math.pi
+    return low, high
+
+
+def sample_latents(n: int, mode: str, seed: int) -> np.ndarray:
+    """``n`` latents drawn uniformly from ``mode``'s domain; float32 [n, 10], a function of ``seed``.
+
+    Box factors are uniform on [-1, 1]; periodic factors uniform on [-pi, pi).
+    """
+    low, high = latent_bounds(mode)
+    rng = np.random.default_rng(seed)
+    u = rng.random((int(n), len(FACTORS)))  # [0, 1)
+    z = (low + u * (high - low)).astype(np.float32)
+    if mode == "periodic":
+        # float32 rounding may give exactly +pi; keep the half-open interval [-pi, pi)
+        cols = list(PERIODIC)
+        z[:, cols] = np.where(z[:, cols] >= np.float32(math.pi), -np.float32(math.pi), z[:, cols])
+    return z
+
+
+def to_physical(latents: np.ndarray, mode: str) -> np.ndarray:
+    """Map latents ``[n, 10]`` in ``mode``'s coordinates to physical values (float64 [n, 10]).
+
+    Columns keep the factor order: position (scene units), three Euler angles and the spotlight
+    azimuth (radians), three hues in [0, 1).
+    """
+    check_mode(mode)
+    z = np.asarray(latents, dtype=np.float64)
+    if z.ndim != 2 or z.shape[1] != len(FACTORS):
+        from clinvert.config import ConfigError
+
+        raise ConfigError(f"latents: expected shape [n, {len(FACTORS)}], got {list(z.shape)}")
+    low = np.array([BOX_RANGES[f][0] for f in FACTORS])
+    high = np.array([BOX_RANGES[f][1] for f in FACTORS])
+    phys = low + (z + 1.0) / 2.0 * (high - low)
+    if mode == "periodic":
+        for i in PERIODIC:
+            if i in _HUES:
+                phys[:, i] = np.mod((z[:, i] + math.pi) / (2 * math.pi), 1.0)
+            else:
+                phys[:, i] = z[:, i]
+    return phys

@@ -1,0 +1,238 @@
+"""3DIdent renderer and dataset writer: factor effects, determinism, resume after SIGKILL, clear
+errors for damaged datasets, CLI validation. Fast: the preview backend at 32-64 px."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clinvert.config import ConfigError
+from clinvert.data.threedident import cycles, preview, store
+from clinvert.data.threedident.factors import FACTORS, sample_latents, to_physical
+from clinvert.data.threedident.teapot import teapot_mesh
+
+SIZE = 64
+
+
+def base() -> np.ndarray:
+    z = np.zeros((1, 10), np.float32)
+    z[0, 6] = -0.5  # spotlight not straight behind the camera axis
+    return z
+
+
+def with_factor(name: str, values: list[float]) -> np.ndarray:
+    z = np.repeat(base(), len(values), 0)
+    z[:, FACTORS.index(name)] = values
+    return z
+
+
+def masks_for(z: np.ndarray) -> np.ndarray:
+    other = z.copy()
+    other[:, 9] = np.where(z[:, 9] > 0, -1.0, 1.0)
+    a = preview.render(z, SIZE).astype(int)
+    b = preview.render(other, SIZE).astype(int)
+    # the object's own pixels do not depend on the ground colour (no indirect light in preview)
+    return np.abs(a - b).sum(-1) == 0
+
+
+def test_factors_sampling_and_ranges() -> None:
+    box = sample_latents(1000, "box", 3)
+    assert box.dtype == np.float32 and box.shape == (1000, 10)
+    assert box.min() >= -1 and box.max() <= 1
+    assert np.array_equal(box, sample_latents(1000, "box", 3))
+    per = sample_latents(1000, "periodic", 3)
+    assert per[:, 3:].min() >= -np.pi and per[:, 3:].max() < np.pi
+    assert np.abs(per[:, :3]).max() <= 1
+    phys = to_physical(per, "periodic")
+    assert phys[:, 7:].min() >= 0 and phys[:, 7:].max() < 1
+    with pytest.raises(ConfigError, match="mode"):
+        sample_latents(3, "sphere", 0)
+
+
+def test_teapot_mesh() -> None:
+    mesh = teapot_mesh(8)
+    assert mesh.faces.shape[1] == 3 and mesh.faces.max() < len(mesh.vertices)
+    assert np.isclose(np.abs(mesh.vertices).max(), 1.0)
+    tri = mesh.vertices[mesh.faces]
+    area = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    assert area.min() > 0
+    assert np.allclose(np.linalg.norm(mesh.normals, axis=1), 1.0)
+
+
+def test_render_shape_and_determinism() -> None:
+    z = sample_latents(6, "box", 0)
+    a = preview.render(z, SIZE)
+    assert a.shape == (6, SIZE, SIZE, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, preview.render(z, SIZE))
+    assert np.array_equal(a[2:3], preview.render(z[2:3], SIZE))  # batch-independent
+    assert a.std() > 5  # not blank
+
+
+def test_object_hue_moves_object_colour() -> None:
+    z = with_factor("hue_object", [-1.0, 0.0])
+    img = preview.render(z, SIZE).astype(float)
+    m = masks_for(z)
+    assert m[0].sum() > 30
+    red = img[0][m[0]].mean(0)  # hue 0: red
+    other = img[1][m[1]].mean(0)  # hue 0.4: green-cyan
+    assert red[0] > red[1] + 10 and other[1] > other[0] + 10
+    # the background does not move
+    bg = ~(m[0] | m[1])
+    assert np.abs(img[0][bg] - img[1][bg]).mean() < 1
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_position_moves_centroid(axis: int) -> None:
+    z = with_factor(FACTORS[axis], [-0.8, 0.8])
+    m = masks_for(z)
+    rows, cols = np.indices((SIZE, SIZE))
+    centroid = [((cols * mi).sum() / mi.sum(), (rows * mi).sum() / mi.sum()) for mi in m]
+    if axis == 0:  # +x: to the right in the image
+        assert centroid[1][0] - centroid[0][0] > 10
+    else:  # +y: away from the camera, up in the image
+        assert centroid[0][1] - centroid[1][1] > 5
+
+
+def test_spotlight_angle_moves_brightest_region() -> None:
+    z = with_factor("spot_angle", [-0.9, 0.0, 0.9])
+    img = preview.render(z, SIZE).astype(float).sum(-1)
+    rows, cols = np.indices((SIZE, SIZE))
+    centres = []
+    for im in img:
+        bright = im >= np.quantile(im, 0.8)
+        centres.append(np.array([cols[bright].mean(), rows[bright].mean()]))
+    # the lit pool on the ground lies opposite the light: it circles the object with the angle
+    assert np.linalg.norm(centres[0] - centres[1]) > 8
+    assert np.linalg.norm(centres[1] - centres[2]) > 8
+
+
+def test_background_hue_moves_background_colour() -> None:
+    z = with_factor("hue_background", [-1.0, 0.0])
+    img = preview.render(z, SIZE).astype(float)
+    m = masks_for(z)
+    bg = ~(m[0] | m[1])
+    red, other = img[0][bg].mean(0), img[1][bg].mean(0)
+    assert red[0] > red[1] + 10 and other[1] > other[0] + 10
+    both = m[0] & m[1]
+    assert np.abs(img[0][both] - img[1][both]).mean() < 1  # object unchanged
+
+
+def test_dataset_roundtrip_and_settings_mismatch(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    manifest = store.render_dataset(out, n=5, size=32, seed=1, progress=False)
+    assert manifest["complete"] and manifest["backend"] == "preview" and manifest["samples"] is None
+    images, latents, m = store.load_dataset(out)
+    assert images.shape == (5, 32, 32, 3) and latents.shape == (5, 10)
+    assert np.array_equal(latents, sample_latents(5, "box", 1))
+    assert np.array_equal(np.asarray(images), preview.render(latents, 32))
+    assert sorted(p.name for p in (out / "images").iterdir()) == [f"{i:06d}.png" for i in range(5)]
+    with pytest.raises(ConfigError, match="^seed: "):
+        store.render_dataset(out, n=5, size=32, seed=2, progress=False)
+    with pytest.raises(ConfigError, match="^mode: "):
+        store.render_dataset(out, n=5, size=32, seed=1, mode="periodic", progress=False)
+
+
+def test_damaged_image_is_rerendered_and_reported(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    store.render_dataset(out, n=4, size=32, progress=False)
+    good = (out / "images" / "000002.png").read_bytes()
+    (out / "images" / "000002.png").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ConfigError, match="000002.png"):
+        store.read_png(out / "images" / "000002.png", 32)
+    (out / "images.npy").unlink()
+    m = store.read_manifest(out)
+    m["complete"] = False
+    (out / "manifest.json").write_text(__import__("json").dumps(m))
+    with pytest.raises(ConfigError, match="incomplete"):
+        store.load_dataset(out)
+    store.render_dataset(out, n=4, size=32, progress=False)
+    assert (out / "images" / "000002.png").read_bytes() == good
+
+
+def test_truncated_latents_and_missing_manifest(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    store.render_dataset(out, n=4, size=32, progress=False)
+    data = (out / "latents.npy").read_bytes()
+    (out / "latents.npy").write_bytes(data[:-20])
+    with pytest.raises(ConfigError, match="latents.npy") as err:
+        store.load_dataset(out)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="manifest.json"):
+        store.load_dataset(tmp_path / "nothing")
+
+
+RENDER = [sys.executable, "-m", "clinvert.cli", "threedident", "render"]
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path) -> None:
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    args = ["--n", "300", "--size", "32", "--seed", "5", "--quiet"]
+    proc = subprocess.Popen([*RENDER, *args, "--out", str(cut)])
+    deadline = time.monotonic() + 120
+    images = cut / "images"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if images.exists() and len(list(images.glob("*.png"))) >= 64:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "render finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "images.npy").exists()
+    assert subprocess.run([*RENDER, *args, "--out", str(cut)]).returncode == 0
+    # The reference through the same command (same process settings: thread count, FTZ flags).
+    assert subprocess.run([*RENDER, *args, "--out", str(ref)]).returncode == 0
+    a, la, _ = store.load_dataset(ref)
+    b, lb, _ = store.load_dataset(cut)
+    assert np.array_equal(la, lb) and np.array_equal(np.asarray(a), np.asarray(b))
+    for i in (0, 150, 299):
+        assert store.image_path(ref, i).read_bytes() == store.image_path(cut, i).read_bytes()
+    assert not list(images.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        (["--n", "0", "--size", "32"], "n"),
+        (["--n", "3", "--size", "2"], "size"),
+        (["--n", "3", "--size", "32", "--backend", "eevee"], "backend"),
+        (["--n", "3", "--size", "32", "--mode", "sphere"], "mode"),
+        (["--n", "3", "--size", "32", "--samples", "8"], "samples"),
+        (["--n", "3", "--size", "32", "--seed", "-1"], "seed"),
+    ],
+)
+def test_cli_bad_input_exit_2_one_line_nothing_written(
+    tmp_path: Path, extra: list[str], field: str
+) -> None:
+    out = tmp_path / "ds"
+    res = subprocess.run([*RENDER, *extra, "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"clinvert: error: {field}:"), res.stderr
+    assert not out.exists()
+
+
+def test_cycles_missing_is_one_clear_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CLINVERT_RENDER_PYTHON", str(tmp_path / "no-python"))
+    with pytest.raises(ConfigError, match="make render-env"):
+        store.render_dataset(tmp_path / "ds", n=2, size=32, backend="cycles", progress=False)
+    assert not (tmp_path / "ds").exists()
+
+
+needs_bpy = pytest.mark.skipif(
+    not cycles.available(), reason="Blender's bpy not installed (make render-env)"
+)
+
+
+@needs_bpy
+def test_cycles_renders_like_preview() -> None:
+    z = sample_latents(2, "box", 0)
+    img = cycles.render(z, 32, samples=8)
+    assert img.shape == (2, 32, 32, 3) and img.dtype == np.uint8
+    assert np.abs(img.astype(float) - preview.render(z, 32).astype(float)).mean() < 20

@@ -1,0 +1,289 @@
+"""3DIdent training path: ResNet-18, nearest-neighbour pairs, config checks, end-to-end image runs.
+
+The datasets here are tiny stand-ins in the renderer's format (``clinvert-3dident/1``) in which every
+factor is visible: a disc (position, radius, brightness, hue), a square behind it (position, hue) and
+a background (hue, direction of a brightness gradient).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from clinvert.cli import main
+from clinvert.config import ConfigError, validate_config
+from clinvert.data.images import FACTORS, load_image_dataset
+from clinvert.data.pairs import NearestNeighbours, PairBatches, embed_latents, make_pair_loader
+from clinvert.latents import NoiseLaw
+from clinvert.models import make_model
+from clinvert.models.resnet import ResNet18Backbone
+
+
+def _hue_rgb(h: np.ndarray) -> np.ndarray:
+    """Hue in [0, 1) -> RGB [.., 3] in [0, 1] at full saturation and value."""
+    k = (h[..., None] * 6.0 + np.array([5.0, 3.0, 1.0])) % 6.0
+    return 1.0 - np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+
+
+def write_toy_dataset(
+    root: Path, n: int, size: int = 16, seed: int = 0, mode: str = "box", complete: bool = True
+) -> Path:
+    """A dataset in the renderer's format where each of the ten factors changes the image."""
+    rng = np.random.default_rng(seed)
+    z = rng.uniform(-1.0, 1.0, size=(n, 10)).astype(np.float32)
+    unit = (z + 1.0) / 2.0  # [0, 1]
+    if mode == "periodic":
+        z[:, 3:] = (z[:, 3:] * math.pi).astype(np.float32)
+        z[:, 3:] = np.clip(z[:, 3:], -math.pi, math.pi - 1e-6)
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
+    cx, cy = 0.2 + 0.6 * unit[:, 0], 0.2 + 0.6 * unit[:, 1]
+    radius = 0.12 + 0.15 * unit[:, 2]
+    inside = (xx[None] - cx[:, None, None]) ** 2 + (yy[None] - cy[:, None, None]) ** 2
+    inside = inside < radius[:, None, None] ** 2
+    fg = _hue_rgb(0.8 * unit[:, 7]) * (0.5 + 0.5 * unit[:, 3:4])
+    sx, sy = 0.15 + 0.7 * unit[:, 4], 0.15 + 0.7 * unit[:, 5]
+    square = (np.abs(xx[None] - sx[:, None, None]) < 0.1) & (
+        np.abs(yy[None] - sy[:, None, None]) < 0.1
+    )
+    angle = np.pi * unit[:, 6, None, None]
+    ramp = np.cos(angle) * (xx[None] - 0.5) + np.sin(angle) * (yy[None] - 0.5)
+    bg = _hue_rgb(0.8 * unit[:, 9])[:, None, None, :] * (0.45 + 0.3 * ramp[..., None])
+    img = np.where(square[..., None], _hue_rgb(0.8 * unit[:, 8])[:, None, None, :] * 0.8, bg)
+    img = np.where(inside[..., None], fg[:, None, None, :], img)
+    images = (img * 255).round().astype(np.uint8)
+    root.mkdir(parents=True, exist_ok=True)
+    np.save(root / "latents.npy", z)
+    np.save(root / "images.npy", images)
+    manifest = {
+        "format": "clinvert-3dident/1",
+        "backend": "preview",
+        "renderer": "toy-discs",
+        "size": size,
+        "samples": None,
+        "mode": mode,
+        "n": n,
+        "seed": seed,
+        "factors": list(FACTORS),
+        "complete": complete,
+        "seconds": 0.0,
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("toy3did")
+    return {
+        "train": write_toy_dataset(base / "train", 200, seed=1),
+        "test": write_toy_dataset(base / "test", 96, seed=2),
+    }
+
+
+def image_config(toy: dict[str, Path], **train: object) -> dict:
+    return {
+        "name": "toy-3dident",
+        "latent": {
+            "dim": 10,
+            "space": "box",
+            "box": [-1.0, 1.0],
+            "marginal": {"name": "uniform"},
+            "conditional": {"name": "normal", "scale": 0.1},
+        },
+        "model": {
+            "encoder": "resnet18",
+            "input_norm": "standardize",
+            "output": "unbounded",
+            "similarity": "lp",
+            "p": 2,
+        },
+        "train": {
+            "batch_size": 8,
+            "steps": 4,
+            "lr": 1e-3,
+            "device": "cpu",
+            "checkpoint_every": 2,
+            **train,
+        },
+        "eval": {"every": 2, "samples": 96},
+        "data": {
+            "source": "threedident",
+            "train_dir": str(toy["train"]),
+            "test_dir": str(toy["test"]),
+            "workers": 0,
+        },
+    }
+
+
+# ----- model -------------------------------------------------------------------------------------
+def test_resnet18_shapes_and_parameter_count() -> None:
+    backbone = ResNet18Backbone()
+    assert sum(p.numel() for p in backbone.parameters()) == 11_176_512  # torchvision's, minus fc
+    model = make_model(3, 10, "sphere", encoder="resnet18", input_norm="standardize")
+    model.eval()
+    for size in (16, 32, 64):
+        out = model(torch.rand(2, 3, size, size))
+        assert out.shape == (2, 10) and torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+    small = make_model(3, 4, "unbounded", encoder="resnet18", input_norm="none", stem="small")
+    assert small(torch.rand(3, 3, 16, 16)).shape == (3, 4)
+
+
+# ----- data --------------------------------------------------------------------------------------
+def test_loader_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="manifest.json: missing"):
+        load_image_dataset(tmp_path)
+    root = write_toy_dataset(tmp_path / "partial", 10, complete=False)
+    with pytest.raises(ConfigError, match="incomplete"):
+        load_image_dataset(root)
+    root = write_toy_dataset(tmp_path / "bad", 10)
+    (root / "images.npy").write_bytes((root / "images.npy").read_bytes()[:200])
+    with pytest.raises(ConfigError, match=r"images\.npy") as err:
+        load_image_dataset(root)
+    assert "\n" not in str(err.value)
+    np.save(root / "latents.npy", np.zeros((9, 10), np.float32))
+    with pytest.raises(ConfigError, match=r"latents\.npy: expected float \[10, 10\]"):
+        load_image_dataset(root)
+
+
+@pytest.mark.parametrize("mode", ["box", "periodic"])
+def test_pairs_are_distinct_snapped_images_with_their_own_latents(tmp_path: Path, mode) -> None:
+    ds = load_image_dataset(write_toy_dataset(tmp_path / mode, 150, mode=mode))
+    pairs = PairBatches(ds, NoiseLaw("normal", 0.05), batch_size=64, seed=3)
+    batch = pairs[5]
+    i, j = batch["index"].numpy(), batch["index_tilde"].numpy()
+    assert (i != j).all()
+    assert np.array_equal(batch["z"].numpy(), ds.latents[i])
+    assert np.array_equal(batch["z_tilde"].numpy(), ds.latents[j])
+    assert np.array_equal(batch["x"].numpy(), ds.images[i])
+    assert np.array_equal(batch["x_tilde"].numpy(), ds.images[j])
+    assert batch["x"].dtype == torch.uint8 and batch["x"].shape == (64, 16, 16, 3)
+    # Snapping is the exact nearest rendered latent of the query z.
+    z_query, _ = pairs.sample_latents(5)
+    emb = embed_latents(ds.latents, ds.periodic_mask())
+    q = embed_latents(z_query.numpy(), ds.periodic_mask())
+    brute = ((q[:, None, :] - emb[None]) ** 2).sum(-1).argmin(1)
+    assert np.array_equal(brute, i)
+    # Batches depend only on (seed, index): the same again, and another index differs.
+    assert torch.equal(pairs[5]["index"], batch["index"])
+    assert not torch.equal(pairs[6]["index"], batch["index"])
+
+
+def test_faiss_and_kdtree_agree() -> None:
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(0)
+    points = rng.uniform(-1, 1, (2000, 10)).astype(np.float32)
+    queries = rng.uniform(-1, 1, (300, 10)).astype(np.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a = NearestNeighbours(points, "faiss").search(queries, k=2)
+        assert torch.get_num_threads() == 2  # faiss shares torch's OpenMP runtime: left alone
+    finally:
+        torch.set_num_threads(threads)
+    b = NearestNeighbours(points, "kdtree").search(queries, k=2)
+    assert a.shape == (300, 2) and np.array_equal(a, b)
+
+
+def test_loader_with_workers_yields_the_same_batches(toy) -> None:
+    ds = load_image_dataset(toy["train"])
+    pairs = PairBatches(ds, NoiseLaw("laplace", 0.1), batch_size=16, seed=0)
+    direct = [pairs[k]["index"] for k in range(3, 7)]
+    loaded = [b["index"] for b in make_pair_loader(pairs, 3, 7, workers=2)]
+    assert all(torch.equal(a, b) for a, b in zip(direct, loaded, strict=True))
+
+
+# ----- config ------------------------------------------------------------------------------------
+def test_config_validation_errors(toy, tmp_path: Path) -> None:
+    good = image_config(toy)
+    assert validate_config(good).is_image_run
+    cases = [
+        (("data", "train_dir"), None, "data.train_dir: required"),
+        (("model", "encoder"), "mlp", "model.encoder: source threedident needs an image encoder"),
+        (("model", "input_norm"), "whiten", "model.input_norm: whiten"),
+        (("latent", "space"), "sphere", None),  # vmf-free sphere: the space itself is refused
+    ]
+    for (section, key), value, message in cases:
+        data = json.loads(json.dumps(good))
+        data[section][key] = value
+        with pytest.raises(ConfigError) as err:
+            validate_config(data)
+        assert "\n" not in str(err.value)
+        if message:
+            assert message in str(err.value)
+    with pytest.raises(ConfigError, match="model.encoder: resnet18 encodes images"):
+        validate_config({"model": {"encoder": "resnet18"}})
+    # Missing directories: one line naming the field, and no run directory created.
+    data = image_config(toy)
+    data["data"]["test_dir"] = str(tmp_path / "nowhere")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert not (tmp_path / "run").exists()
+    # The synthetic config.yaml is unchanged by the image path (no data section, no stem).
+    synthetic = validate_config({}).to_dict()
+    assert "data" not in synthetic and "stem" not in synthetic["model"]
+
+
+def test_missing_dir_message(toy, tmp_path: Path, capsys) -> None:
+    data = image_config(toy)
+    data["data"]["train_dir"] = str(tmp_path / "absent")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clinvert: error: data.train_dir: dataset directory not found")
+    assert len(err.splitlines()) == 1
+
+
+# ----- end to end --------------------------------------------------------------------------------
+def test_train_on_images_writes_the_run_directory_and_resumes_exactly(toy, tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(image_config(toy)))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "full"), "--quiet"]) == 0
+    run = tmp_path / "full"
+    for name in ("config.yaml", "metrics.jsonl", "result.json", "checkpoint.pt"):
+        assert (run / name).is_file(), name
+    png = (run / "r2_per_factor.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "finished" and result["steps"] == 4 and result["mixing"] is None
+    final = result["final"]
+    assert list(final["r2_per_factor"]) == list(FACTORS)
+    assert list(final["mcc_per_factor"]) == list(FACTORS)
+    assert all(math.isfinite(v) for v in final["r2_per_factor"].values())
+    assert result["identity"]["baseline"].startswith("linear fit on")
+    assert result["eval_samples"] == 96 and result["data"]["factors"] == list(FACTORS)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 4]
+
+    # Stop at step 2, resume with loader workers to 4: the same numbers as the straight run.
+    short = image_config(toy, steps=2)
+    cfg.write_text(yaml.safe_dump(short))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "part"), "--quiet"]) == 0
+    text = (tmp_path / "part" / "config.yaml").read_text().replace("workers: 0", "workers: 1")
+    (tmp_path / "part" / "config.yaml").write_text(text)
+    assert main(["train", "--resume", str(tmp_path / "part"), "--steps", "4", "--quiet"]) == 0
+    part = json.loads((tmp_path / "part" / "result.json").read_text())
+    assert part["steps"] == 4 and part["final"] == final
+
+
+def test_periodic_scores_use_the_angle_embedding(tmp_path: Path) -> None:
+    from clinvert.train import ImageData
+
+    dirs = {
+        "train": write_toy_dataset(tmp_path / "train", 60, mode="periodic", seed=1),
+        "test": write_toy_dataset(tmp_path / "test", 80, mode="periodic", seed=2),
+    }
+    data = ImageData(validate_config(image_config(dirs)), torch.device("cpu"))
+    z = data.z_test.numpy()
+    perfect = data.score(torch.from_numpy(embed_latents(z, data.test.periodic_mask())))
+    assert list(perfect["r2_per_factor"]) == list(FACTORS)
+    assert perfect["r2"] > 0.999 and min(perfect["r2_per_factor"].values()) > 0.999
+    raw = data.score(torch.from_numpy(z))  # angles as numbers: the wrap-around is not affine
+    assert raw["r2_per_factor"]["rot_alpha"] < 0.9 and raw["r2_per_factor"]["pos_x"] > 0.999
