@@ -134,3 +134,29 @@ def test_fused_lp_kernels_match_naive_values_and_gradients(p, dtype) -> None:
         x = a[:9].clone().requires_grad_()
         y = b[:7].clone().requires_grad_()
         assert torch.autograd.gradcheck(lambda u, v: losses.lp_similarity_matrix(u, v, p), (x, y))
+
+
+@pytest.mark.parametrize("similarity,p", CASES)
+@pytest.mark.parametrize("fused", [True, False])
+def test_blockwise_info_nce_matches_naive_across_many_row_blocks(
+    monkeypatch, similarity, p, fused
+) -> None:
+    import clinvert.losses as losses
+
+    monkeypatch.setattr(losses, "LOGIT_BLOCK_ELEMENTS", 100)  # 3 rows per block of 31 columns
+    monkeypatch.setattr(losses, "USE_FUSED_KERNELS", fused and losses.USE_FUSED_KERNELS)
+    gen = torch.Generator().manual_seed(11)
+    a = torch.randn(31, 4, generator=gen, dtype=torch.float64)
+    b = a + 0.2 * torch.randn(31, 4, generator=gen, dtype=torch.float64)
+    if similarity == "cosine":
+        a, b = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
+    for tau in (1e-3, 0.5):  # tiny tau: logits in the thousands, the softmax nearly one-hot
+        a1, b1 = a.clone().requires_grad_(), b.clone().requires_grad_()
+        a2, b2 = a.clone().requires_grad_(), b.clone().requires_grad_()
+        ours = info_nce(a1, b1, similarity=similarity, p=p, tau=tau)
+        ref = naive_info_nce(a2, b2, similarity, p, tau)
+        torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
+        ours.backward()
+        ref.backward()
+        torch.testing.assert_close(a1.grad, a2.grad, rtol=1e-7, atol=1e-9)
+        torch.testing.assert_close(b1.grad, b2.grad, rtol=1e-7, atol=1e-9)

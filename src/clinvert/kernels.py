@@ -20,6 +20,9 @@ try:  # pragma: no cover - exercised through AVAILABLE
     import numba
     from numba import njit, prange
 
+    # numba's own thread pool, not a second OpenMP runtime next to torch's: an OpenMP pool keeps
+    # spinning after each kernel and slowed the torch operations around it ~3x (measured).
+    numba.config.THREADING_LAYER = "workqueue"
     AVAILABLE = True
 except ImportError:  # pragma: no cover
     AVAILABLE = False
