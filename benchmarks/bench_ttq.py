@@ -6,7 +6,7 @@ Stops at the target (``claims`` of the preset: ``at_least``) or when the wall bu
 prints, per preset: reached or not, training seconds and steps to the target (or the best score
 within the budget), and writes the curve of the score over training time to a PNG.
 
-    python benchmarks/bench_ttq.py [--presets sphere-vmf10,box-laplace-l1] [--budget-minutes 8]
+    python benchmarks/bench_ttq.py [--presets sphere-vmf10,box-laplace-l1] [--budget-minutes 7]
                                    [--out benchmarks/results]
 """
 
@@ -95,7 +95,7 @@ def plot(results: list[dict]) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", help="comma-separated preset names (default: all)")
-    parser.add_argument("--budget-minutes", type=float, default=8.0, help="per preset (default 8)")
+    parser.add_argument("--budget-minutes", type=float, default=7.0, help="per preset (default 7)")
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
