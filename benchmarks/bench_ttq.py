@@ -48,7 +48,8 @@ def run_preset(path: Path, budget_s: float, eval_every: int) -> dict:
         best = max(best, score)
         curve.append({"step": trainer.step, "train_seconds": round(train_s, 2), "score": score})
         print(
-            f"  {path.stem}: step {trainer.step:6d}  {train_s:7.1f} s  {claim.metric} {score:.4f}"
+            f"  {path.stem}: step {trainer.step:6d}  {train_s:7.1f} s  {claim.metric} {score:.4f}",
+            flush=True,
         )
         if claim.holds(score):
             reached = {"step": trainer.step, "train_seconds": train_s, "score": score}
