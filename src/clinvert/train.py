@@ -106,6 +106,23 @@ def build_process(cfg: RunConfig) -> LatentProcess:
     )
 
 
+def _init_model(cfg: RunConfig, device: torch.device, in_dim: int, **encoder: Any) -> Model:
+    """The run's model with weights drawn from the seed's init stream (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.train.seed, STREAM_INIT))
+        return make_model(
+            in_dim,
+            cfg.latent.dim,
+            cfg.model.output,
+            encoder=cfg.model.encoder,
+            negative_slope=cfg.model.negative_slope,
+            learnable_scale=cfg.model.learnable_scale,
+            scale=cfg.model.scale,
+            input_norm=cfg.model.input_norm,
+            **encoder,
+        ).to(device)
+
+
 def build_experiment(
     cfg: RunConfig, device: torch.device | None = None, images: ImageData | None = None
 ) -> Experiment:
@@ -121,19 +138,7 @@ def build_experiment(
     mixing = InvertibleMLP(
         cfg.latent.dim, mix.layers, cfg.mixing_seed, mix.cond_quantile, mix.cond_trials
     ).to(device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg.train.seed, STREAM_INIT))
-        model = make_model(
-            cfg.latent.dim,
-            cfg.latent.dim,
-            cfg.model.output,
-            encoder=cfg.model.encoder,
-            widths=cfg.model.widths,
-            negative_slope=cfg.model.negative_slope,
-            learnable_scale=cfg.model.learnable_scale,
-            scale=cfg.model.scale,
-            input_norm=cfg.model.input_norm,
-        ).to(device)
+    model = _init_model(cfg, device, cfg.latent.dim, widths=cfg.model.widths)
     process = build_process(cfg)
     if cfg.model.input_norm != "none":
         # Fitted on observations x = g(z) only (never latents), from a stream of its own.
@@ -145,19 +150,7 @@ def build_experiment(
 
 
 def _build_image_experiment(cfg: RunConfig, device: torch.device, images: ImageData) -> Experiment:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg.train.seed, STREAM_INIT))
-        model = make_model(
-            3,
-            cfg.latent.dim,
-            cfg.model.output,
-            encoder=cfg.model.encoder,
-            negative_slope=cfg.model.negative_slope,
-            learnable_scale=cfg.model.learnable_scale,
-            scale=cfg.model.scale,
-            input_norm=cfg.model.input_norm,
-            stem=cfg.model.stem,
-        ).to(device)
+    model = _init_model(cfg, device, 3, stem=cfg.model.stem)
     if cfg.model.input_norm != "none":
         model.input_norm.fit(images.norm_sample(device))
     loss = InfoNCE(cfg.model.similarity, p=cfg.model.p, tau=cfg.model.tau)

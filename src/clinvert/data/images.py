@@ -22,24 +22,11 @@ from typing import Any
 import numpy as np
 
 from clinvert.config import ConfigError
+from clinvert.data.threedident.factors import FACTORS, MODES, PERIODIC
 
 FORMAT = "clinvert-3dident/1"
-#: The ten latent factors of 3DIdent, in column order.
-FACTORS = (
-    "pos_x",
-    "pos_y",
-    "pos_z",
-    "rot_alpha",
-    "rot_beta",
-    "rot_gamma",
-    "spot_angle",
-    "hue_object",
-    "hue_spot",
-    "hue_background",
-)
 #: Factors stored as angles in [-pi, pi) in ``periodic`` mode (positions stay in [-1, 1]).
-PERIODIC_FACTORS = FACTORS[3:]
-MODES = ("box", "periodic")
+PERIODIC_FACTORS = tuple(FACTORS[i] for i in PERIODIC)
 
 
 @dataclass(frozen=True)
