@@ -222,11 +222,16 @@ def render_dataset(
         if backend == "preview":
             from clinvert.data.threedident import preview
 
-            for s in range(0, len(missing), batch_size):
-                idx = missing[s : s + batch_size]
+            # Batches are aligned on absolute indices (image i is always rendered with the same
+            # neighbours): batched float reductions can round differently with the batch's
+            # composition, and a resumed render must give the same bytes as an uninterrupted one.
+            todo = set(missing)
+            for start in sorted({i - i % batch_size for i in missing}):
+                idx = list(range(start, min(n, start + batch_size)))
                 for i, image in zip(idx, preview.render(latents[idx], size, mode), strict=True):
-                    write_bytes(image_path(out, i), _png_bytes(image))
-                bar.update(len(idx))
+                    if i in todo:
+                        write_bytes(image_path(out, i), _png_bytes(image))
+                bar.update(sum(i in todo for i in idx))
         elif missing:
             from clinvert.data.threedident import cycles
 
