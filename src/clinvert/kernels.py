@@ -105,9 +105,9 @@ def lp_forward(a: Tensor, b: Tensor, p: float) -> Tensor:
     numba.set_num_threads(_threads())
     a_np = a.detach().contiguous().numpy()
     bt = np.ascontiguousarray(b.detach().numpy().T)
-    out = np.empty((a_np.shape[0], bt.shape[1]), dtype=a_np.dtype)
-    _lp_forward(a_np, bt, a_np.dtype.type(p), out)
-    return torch.from_numpy(out)
+    out = torch.empty(a_np.shape[0], bt.shape[1], dtype=a.dtype)
+    _lp_forward(a_np, bt, a_np.dtype.type(p), out.numpy())
+    return out
 
 
 def lp_backward(a: Tensor, b: Tensor, grad: Tensor, p: float) -> tuple[Tensor, Tensor]:
@@ -118,7 +118,9 @@ def lp_backward(a: Tensor, b: Tensor, grad: Tensor, p: float) -> tuple[Tensor, T
     bt = np.ascontiguousarray(b.detach().numpy().T)
     g = grad.detach().contiguous().to(a.dtype).numpy()
     chunks = threads * 4  # a few chunks per thread balance the load
-    grad_a = np.empty_like(a_np)
-    parts = np.zeros((chunks, bt.shape[0], bt.shape[1]), dtype=a_np.dtype)
-    _lp_backward(a_np, bt, g, a_np.dtype.type(p), chunks, grad_a, parts)
-    return torch.from_numpy(grad_a), torch.from_numpy(np.ascontiguousarray(parts.sum(0).T))
+    # outputs live in torch's (64-byte aligned) memory: MKL's matmuls in the encoder's backward
+    # round with the alignment of their operands, and a numpy buffer's alignment varies by run
+    grad_a = torch.empty_like(a, memory_format=torch.contiguous_format)
+    parts = torch.zeros(chunks, bt.shape[0], bt.shape[1], dtype=a.dtype)
+    _lp_backward(a_np, bt, g, a_np.dtype.type(p), chunks, grad_a.numpy(), parts.numpy())
+    return grad_a, parts.sum(0).T.contiguous()

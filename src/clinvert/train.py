@@ -207,7 +207,7 @@ class ImageData:
             box=(cfg.latent.box[0], cfg.latent.box[1]),
         )
         self.eval_count = min(cfg.eval.samples, len(self.test))
-        self.z_test = torch.from_numpy(self.test.latents[: self.eval_count])
+        self.z_test = torch.tensor(self.test.latents[: self.eval_count])  # a copy: aligned
         self._iter: Any = None
 
     def norm_sample(self, device: torch.device) -> Tensor:

@@ -23,7 +23,7 @@ from clinvert.data.threedident import scene
 from clinvert.data.threedident.factors import to_physical
 from clinvert.data.threedident.teapot import teapot_mesh
 
-VERSION = "preview 1"
+VERSION = "preview 2"  # 2: no MKL kernels (bytes independent of heap layout)
 _CANDIDATES_PER_CHUNK = 3_000_000  # bounds memory of the rasteriser (candidate pixels per chunk)
 
 
@@ -66,10 +66,8 @@ def _rasterize(
     planes = torch.stack([coef_x, coef_y, base], -1)  # [B, F, 3 (b_i), 3 (dx, dy, 1)]
     planes = torch.cat([planes, (planes * z[..., None]).sum(-2, keepdim=True)], -2)  # + depth
 
-    dy, dx = torch.meshgrid(
-        torch.arange(ky, dtype=torch.float32), torch.arange(kx, dtype=torch.float32), indexing="ij"
-    )
-    offs = torch.stack([dx.reshape(-1), dy.reshape(-1), torch.ones(kx * ky)])  # [3, K]
+    col_off = torch.arange(kx, dtype=torch.float32)
+    row_off = torch.arange(ky, dtype=torch.float32)
     face_out = torch.full((n_img * height * width,), -1, dtype=torch.long)
     bary_out = torch.zeros(n_img * height * width, 3)
     depth_out = torch.full((n_img * height * width,), math.inf)
@@ -77,16 +75,21 @@ def _rasterize(
     tol = -1e-5
     for start in range(0, n_img, step):
         sl = slice(start, min(n_img, start + step))
-        vals = planes[sl] @ offs  # [b, F, 4, K]
-        inside = (vals[:, :, :3] >= tol).all(2)
-        inside &= (dx.reshape(-1) < wx[sl, :, None]) & (dy.reshape(-1) < wy[sl, :, None])
-        img, face, cand = inside.nonzero(as_tuple=True)
+        pl = planes[sl, :, :3]
+        # b_i(dx, dy) = (c + a_y * dy) + a_x * dx: one pass over the [b, F, 3, ky, kx] candidates
+        rows = pl[..., 2:3] + pl[..., 1:2] * row_off  # [b, F, 3, ky]
+        bary = rows[..., None] + (pl[..., 0:1] * col_off)[..., None, :]
+        inside = (bary >= tol).all(2)  # [b, F, ky, kx]
+        inside &= (col_off < wx[sl, :, None, None]) & (row_off[:, None] < wy[sl, :, None, None])
+        img, face, cy, cx = inside.nonzero(as_tuple=True)
         if img.numel() == 0:
             continue
         img = img + start
-        val = vals[img - start, face, :, cand]  # [M, 4]
-        px = x0[img, face].long() + dx.reshape(-1)[cand].long()
-        py = y0[img, face].long() + dy.reshape(-1)[cand].long()
+        # the same expression (same rounding) for the candidates only, depth plane included
+        p = planes[img, face]  # [M, 4, 3]
+        val = (p[..., 2] + p[..., 1] * row_off[cy, None]) + p[..., 0] * col_off[cx, None]
+        px = x0[img, face].long() + cx
+        py = y0[img, face].long() + cy
         pix = (img * height + py) * width + px
         d = val[:, 3]
         depth_out.scatter_reduce_(0, pix, d, reduce="amin")
@@ -103,12 +106,27 @@ def _rasterize(
     )
 
 
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A float32 copy in torch's own (64-byte aligned) memory, never a view of numpy's buffer:
+    the same latents then meet the same memory layout whatever the heap looked like."""
+    return torch.tensor(np.asarray(array), dtype=torch.float32)
+
+
+def _rotate(rot: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """``rot`` [B, 3, 3] applied to ``points`` [B, V, 3], as explicit products and sums.
+
+    Not ``einsum``/``matmul``: MKL's kernels round differently with the memory alignment of their
+    operands, which would make the same latents render to different bytes from run to run.
+    """
+    return (rot[:, None] * points[:, :, None, :]).sum(-1)
+
+
 def _project(
     points: torch.Tensor, origin: torch.Tensor, rot: torch.Tensor, focal: float, size: int
 ) -> torch.Tensor:
     """Points [B, V, 3] -> (column, row, depth) [B, V, 3] for cameras at ``origin`` [B, 3] with
     world-to-camera rotations ``rot`` [B, 3, 3] (rows right, up, forward)."""
-    cam = torch.einsum("bij,bvj->bvi", rot, points - origin[:, None])
+    cam = _rotate(rot, points - origin[:, None])
     depth = cam[..., 2]
     inv = 1.0 / depth.clamp(min=1e-6)
     col = size / 2 + focal * cam[..., 0] * inv
@@ -143,14 +161,14 @@ def _render_batch(phys: np.ndarray, size: int, ssaa: int, resolution: int) -> np
     verts0 = torch.tensor(mesh.vertices, dtype=torch.float32)
     norms0 = torch.tensor(mesh.normals, dtype=torch.float32)
     faces = torch.tensor(mesh.faces)
-    rot = torch.from_numpy(scene.euler_xyz(phys[:, 3], phys[:, 4], phys[:, 5])).float()
-    pos = torch.from_numpy(phys[:, :3]).float()
-    verts = torch.einsum("bij,vj->bvi", rot, verts0) + pos[:, None]  # [B, V, 3]
-    norms = torch.einsum("bij,vj->bvi", rot, norms0)
+    rot = _tensor(scene.euler_xyz(phys[:, 3], phys[:, 4], phys[:, 5]))
+    pos = _tensor(phys[:, :3])
+    verts = _rotate(rot, verts0.expand(n, -1, -1)) + pos[:, None]  # [B, V, 3]
+    norms = _rotate(rot, norms0.expand(n, -1, -1))
 
     cam_pos_np, cam_rot_np = scene.camera_frame()
-    cam_pos = torch.from_numpy(cam_pos_np).float().expand(n, 3)
-    cam_rot = torch.from_numpy(cam_rot_np).float().expand(n, 3, 3)
+    cam_pos = _tensor(cam_pos_np).expand(n, 3)
+    cam_rot = _tensor(cam_rot_np).expand(n, 3, 3)
     focal = (res / 2) / math.tan(scene.CAMERA_FOV / 2)
     scr = _project(verts, cam_pos, cam_rot, focal, res)[:, faces]  # [B, F, 3, 3]
     face_id, bary, depth = _rasterize(scr, (scr[..., 2] > 0.05).all(-1), res, res)
@@ -177,7 +195,7 @@ def _render_batch(phys: np.ndarray, size: int, ssaa: int, resolution: int) -> np
     nrm = torch.where(((nrm * to_cam).sum(-1, keepdim=True) < 0), -nrm, nrm)
 
     # spotlight: position, axis, cone mask, inverse square falloff, Lambert
-    spot = torch.from_numpy(scene.spot_position(phys)).float()  # [B, 3]
+    spot = _tensor(scene.spot_position(phys))  # [B, 3]
     axis = torch.nn.functional.normalize(pos - spot, dim=-1)
     to_light = spot.view(n, 1, 1, 3) - point
     dist2 = (to_light * to_light).sum(-1).clamp(min=1e-6)
@@ -203,9 +221,9 @@ def _render_batch(phys: np.ndarray, size: int, ssaa: int, resolution: int) -> np
 
     intensity = scene.SPOT_POWER / (4 * math.pi) / math.pi
     irr = intensity * lambert * cone * lit / dist2
-    obj_rgb = torch.from_numpy(scene.hsv_to_rgb(phys[:, 7], scene.OBJECT_SV)).float()
-    spot_rgb = torch.from_numpy(scene.hsv_to_rgb(phys[:, 8], scene.SPOT_SV)).float()
-    bg_rgb = torch.from_numpy(scene.hsv_to_rgb(phys[:, 9], scene.BACKGROUND_SV)).float()
+    obj_rgb = _tensor(scene.hsv_to_rgb(phys[:, 7], scene.OBJECT_SV))
+    spot_rgb = _tensor(scene.hsv_to_rgb(phys[:, 8], scene.SPOT_SV))
+    bg_rgb = _tensor(scene.hsv_to_rgb(phys[:, 9], scene.BACKGROUND_SV))
     albedo = torch.where(on_obj[..., None], obj_rgb.view(n, 1, 1, 3), bg_rgb.view(n, 1, 1, 3))
     light = scene.AMBIENT + irr[..., None] * spot_rgb.view(n, 1, 1, 3)
     radiance = torch.where(

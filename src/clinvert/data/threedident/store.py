@@ -206,7 +206,7 @@ def render_dataset(
     if not ok:
         write_bytes(lat_path, _npy_bytes(latents))
 
-    start = time.monotonic()
+    began = time.monotonic()
     missing = []
     for i in range(n):
         path = image_path(out, i)
@@ -226,8 +226,8 @@ def render_dataset(
             # neighbours): batched float reductions can round differently with the batch's
             # composition, and a resumed render must give the same bytes as an uninterrupted one.
             todo = set(missing)
-            for start in sorted({i - i % batch_size for i in missing}):
-                idx = list(range(start, min(n, start + batch_size)))
+            for first in sorted({i - i % batch_size for i in missing}):
+                idx = list(range(first, min(n, first + batch_size)))
                 for i, image in zip(idx, preview.render(latents[idx], size, mode), strict=True):
                     if i in todo:
                         write_bytes(image_path(out, i), _png_bytes(image))
@@ -243,6 +243,6 @@ def render_dataset(
 
     images = np.stack([read_png(image_path(out, i), size) for i in range(n)])
     write_bytes(out / "images.npy", _npy_bytes(images))
-    manifest = {**settings, "complete": True, "seconds": seconds + time.monotonic() - start}
+    manifest = {**settings, "complete": True, "seconds": seconds + time.monotonic() - began}
     write_json(out / "manifest.json", manifest)
     return manifest
