@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from clinvert.models import InputNorm, make_model
-from clinvert.models.heads import BoxHead, SphereHead
+from clinvert.models.heads import BoxHead, SphereHead, UnboundedHead
 
 
 def test_paper_encoder_shapes_and_widths() -> None:
@@ -24,6 +24,12 @@ def test_heads_put_outputs_in_their_space() -> None:
     box = BoxHead(5, bound=3.0)
     out = box(h)
     assert (out >= 0).all() and (out <= 3.0).all() and not list(box.parameters())
+    plain = UnboundedHead(5)
+    assert plain(h) is h and not list(plain.parameters()) and not plain.state_dict()
+    scaled = UnboundedHead(5, scale=0.05, learnable=True)
+    torch.testing.assert_close(scaled(h), 0.05 * h)
+    (scaled(h).sum()).backward()
+    assert scaled.log_scale.grad is not None
 
 
 @pytest.mark.parametrize("kind", ["whiten", "standardize"])

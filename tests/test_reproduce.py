@@ -153,6 +153,31 @@ def test_reproduce_local_then_skip_then_report(configs: Path, tmp_path: Path) ->
         assert (out / f"table2_{kind}.png").stat().st_size > 1000
 
 
+def test_reproduce_reruns_a_run_whose_row_config_changed(configs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["reproduce", "table2", "--quick", "--seeds", "1", "--out", str(out)]
+    args += ["--configs", str(configs), "--workers", "1", "--quiet", "--rows", "a-laplace__box-l1"]
+    assert main(args) == 0
+    result = out / "runs" / "a-laplace__box-l1" / "seed0" / "contrastive" / "result.json"
+    stamp = result.stat().st_mtime_ns
+    row = configs / "table2" / "a-laplace__box-l1.yaml"
+    data = yaml.safe_load(row.read_text())
+    data["claims"] = [{"metric": "mcc", "at_least": 0.5}]  # claims never change a run: kept
+    row.write_text(yaml.safe_dump(data))
+    assert main(args) == 0
+    assert result.stat().st_mtime_ns == stamp
+    data["profiles"]["quick"]["train"]["lr"] = 2e-3  # the setting changed: its scores are stale
+    row.write_text(yaml.safe_dump(data))
+    assert main(args + ["--collect"]) == 0
+    assert json.loads((out / "table2.json").read_text())[0]["missing"] == [
+        "contrastive seed0",
+        "supervised seed0",
+    ]
+    assert main(args) == 0
+    assert result.stat().st_mtime_ns != stamp
+    assert yaml.safe_load((result.parent / "config.yaml").read_text())["train"]["lr"] == 2e-3
+
+
 def test_reproduce_rejects_unknown_rows_before_running(configs: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown row 'nope'"):
         build_specs("table2", tmp_path, quick=True, seeds=1, rows=["nope"], root=configs)

@@ -18,7 +18,7 @@ import numpy as np
 
 from clinvert.config import ConfigError, describe_model, describe_process, load_config
 from clinvert.io import write_json, write_text
-from clinvert.sweep import RunSpec, read_result, run_dir, run_specs
+from clinvert.sweep import RunSpec, current_result, run_dir, run_specs
 
 #: Metric each table reports.
 TABLES: dict[str, str] = {"table1": "r2", "table2": "mcc"}
@@ -250,7 +250,7 @@ def reproduce(
     threads = max(1, (os.cpu_count() or 1) // workers) if backend == "local" else 1
     specs = build_specs(table, out, quick=quick, seeds=seeds, rows=rows, threads=threads, root=root)
     if collect_only:
-        found = {spec: read_result(Path(spec.out_dir)) for spec in specs}
+        found = {spec: current_result(spec) for spec in specs}
         results = {spec: r for spec, r in found.items() if r is not None}
     else:
         results = run_specs(

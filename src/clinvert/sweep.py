@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm.auto import tqdm
 
 from clinvert.config import ConfigError, load_config
@@ -63,6 +64,38 @@ def read_result(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _is_stale(out: Path, resolved_yaml: str) -> bool:
+    """Whether the run in ``out`` was made from another config than ``resolved_yaml``.
+
+    ``claims`` are left out: they say what a score should reach and never change a run.
+    """
+    file = out / "config.yaml"
+    if not file.exists():
+        return False
+    try:
+        old = yaml.safe_load(file.read_text())
+    except yaml.YAMLError:
+        return True
+    new = yaml.safe_load(resolved_yaml)
+    if not isinstance(old, dict):
+        return True
+    old.pop("claims", None)
+    new.pop("claims", None)
+    return old != new
+
+
+def current_result(spec: RunSpec) -> dict[str, Any] | None:
+    """The result of ``spec``'s run if it finished from the spec's current config, else None.
+
+    A run made from an older version of its row's config (other than ``claims``) does not count:
+    a table never shows scores of a setting it no longer describes.
+    """
+    out = Path(spec.out_dir)
+    if _is_stale(out, spec.resolve().to_yaml()):
+        return None
+    return read_result(out)
+
+
 def execute(spec: RunSpec) -> dict[str, Any]:
     """Run (or resume, or skip) one spec; returns its result. Safe to call in any process."""
     import torch
@@ -71,14 +104,14 @@ def execute(spec: RunSpec) -> dict[str, Any]:
 
     torch.set_num_threads(max(1, spec.threads))
     out = Path(spec.out_dir)
+    cfg = spec.resolve()
+    if _is_stale(out, cfg.to_yaml()):  # the row's config changed since this run: scores are stale
+        print(f"clinvert: {out}: config changed since this run; running it again", flush=True)
+        shutil.rmtree(out)
     done = read_result(out)
     if done is not None:
         return done
-    cfg = spec.resolve()
     resumable = (out / "checkpoint.pt").exists() and (out / "config.yaml").exists()
-    if resumable and (out / "config.yaml").read_text() != cfg.to_yaml():
-        shutil.rmtree(out)  # the row's config changed since: the partial run is stale
-        resumable = False
     return Trainer(cfg, out, progress=False).run(resume=resumable)
 
 
@@ -139,7 +172,7 @@ def run_specs(
     results: dict[RunSpec, dict[str, Any]] = {}
     todo = []
     for spec in specs:
-        done = read_result(Path(spec.out_dir))
+        done = current_result(spec)
         if done is not None:
             results[spec] = done
         else:

@@ -45,7 +45,8 @@ def make_model(
     input_norm: str = "none",
     stem: str = "imagenet",
 ) -> Model:
-    """Build encoder + head from config names. ``scale`` is the sphere radius or the box bound.
+    """Build encoder + head from config names. ``scale`` is the sphere radius, the box bound or
+    the unbounded output's scale (each learnable with ``learnable_scale``).
 
     For an image encoder (``resnet18``) ``in_dim`` is the number of channels, ``widths`` is unused,
     ``stem`` picks the ResNet stem and ``input_norm`` is per-channel (:class:`ChannelNorm`).
@@ -67,7 +68,7 @@ def make_model(
     elif output == "box":
         head = BoxHead(out_dim, bound=scale, learnable=learnable_scale)
     else:
-        head = UnboundedHead(out_dim)
+        head = UnboundedHead(out_dim, scale=scale, learnable=learnable_scale)
     return Model(enc, head, norm)
 
 

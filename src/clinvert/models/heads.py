@@ -3,7 +3,9 @@
 * ``sphere``: divide by the norm, times a radius (fixed, or learnable: the cosine InfoNCE optimum has
   r^2 = kappa * tau).
 * ``box``: sigmoid times a per-dimension bound (fixed, or learnable), so outputs lie in [0, bound]^d.
-* ``unbounded``: identity.
+* ``unbounded``: a global scale times h (fixed 1, i.e. the identity, by default; or learnable). The
+  encoder could rescale its output anyway, so the model space and the loss's minimisers are
+  unchanged; a learnable scale starting small lets a run with a small tau start unsaturated.
 """
 
 from __future__ import annotations
@@ -53,11 +55,23 @@ class BoxHead(nn.Module):
         return self.log_bound.exp() * torch.sigmoid(h)
 
 
-class UnboundedHead(nn.Identity):
-    """Leave the output in R^d."""
+class UnboundedHead(nn.Module):
+    """h -> scale * h in R^d (scale fixed or learnable; scale 1 fixed is the identity)."""
 
-    def __init__(self, dim: int, **_: object) -> None:
+    def __init__(self, dim: int, scale: float = 1.0, learnable: bool = False) -> None:
         super().__init__()
+        if not scale > 0:
+            raise ValueError(f"model.scale must be > 0, got {scale}")
+        log_scale = torch.tensor(float(scale)).log()
+        if learnable:
+            self.log_scale = nn.Parameter(log_scale)
+        else:  # not in the state dict: checkpoints of fixed-scale runs stay as they were
+            self.register_buffer("log_scale", log_scale, persistent=False)
+        self.identity = not learnable and scale == 1.0
+
+    def forward(self, h: Tensor) -> Tensor:
+        """[B, d] -> [B, d]."""
+        return h if self.identity else self.log_scale.exp() * h
 
 
 HEADS: dict[str, type[nn.Module]] = {
