@@ -256,11 +256,15 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers: must be >= 1, got {workers}")
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from clinvert.reproduce import reproduce
 
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers: must be >= 1, got {args.workers}")
+    _check_workers(args.workers)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
     command = "clinvert " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else ""
     summary = reproduce(
@@ -288,8 +292,7 @@ def _cmd_headline(args: argparse.Namespace) -> int:
     from clinvert.report import render_report
     from clinvert.reproduce import headline
 
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers: must be >= 1, got {args.workers}")
+    _check_workers(args.workers)
     results = headline(args.out, seeds=args.seeds, progress=not args.quiet, workers=args.workers)
     for table in results:
         print((Path(args.out) / f"{table}.md").read_text())

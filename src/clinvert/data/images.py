@@ -23,8 +23,8 @@ import numpy as np
 
 from clinvert.config import ConfigError
 from clinvert.data.threedident.factors import FACTORS, MODES, PERIODIC
+from clinvert.data.threedident.store import FORMAT
 
-FORMAT = "clinvert-3dident/1"
 #: Factors stored as angles in [-pi, pi) in ``periodic`` mode (positions stay in [-1, 1]).
 PERIODIC_FACTORS = tuple(FACTORS[i] for i in PERIODIC)
 
