@@ -7,9 +7,10 @@ Shading is Lambertian, two-sided, with the spotlight's cone (Blender's smoothste
 square falloff and a shadow map rendered from the spotlight, plus a uniform ambient term. Pixels are
 supersampled ``ssaa x ssaa`` and averaged in linear light, then sRGB-encoded and rounded to uint8.
 
-Everything runs in float32 on the CPU with deterministic operations, so the same latents always
-give the same bytes on one machine. Differences from Cycles: no indirect light (colour bleeding),
-no ambient occlusion, hard shadows.
+Everything runs in float32 on the CPU with deterministic operations and no BLAS kernels (MKL's
+round with the memory alignment of their operands), so the same latents always give the same bytes
+on one machine, however the batch or the heap looks. Differences from Cycles: no indirect light
+(colour bleeding), no ambient occlusion, hard shadows.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def _rasterize(
 
     Each triangle tests the pixel centres of a ``k x k`` window at its bounding box (``k`` the
     largest box in the batch); barycentrics and depth are affine in the pixel centre, so per face
-    they are three planes evaluated with one matrix product.
+    they are planes, evaluated with explicit products and sums (no MKL kernel: the same bytes
+    whatever the memory layout).
     """
     n_img, n_face = screen.shape[:2]
     x, y, z = screen[..., 0], screen[..., 1], screen[..., 2]
