@@ -23,14 +23,18 @@ def naive_info_nce(a: torch.Tensor, b: torch.Tensor, similarity: str, p: float, 
 CASES = [("cosine", 2.0), ("lp", 1.0), ("lp", 2.0), ("lp", 3.0), ("lp", 1.5)]
 
 
-@pytest.mark.parametrize("similarity,p", CASES)
-@pytest.mark.parametrize("tau", [0.1, 1.0])
-def test_info_nce_matches_naive_reference_values_and_gradients(similarity, p, tau) -> None:
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(33, 5, generator=gen, dtype=torch.float64)
-    b = a + 0.3 * torch.randn(33, 5, generator=gen, dtype=torch.float64)
+def noisy_pairs(seed: int, rows: int, dim: int, noise: float, similarity: str):
+    """float64 anchors and nearby positives (on the unit sphere for the cosine similarity)."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(rows, dim, generator=gen, dtype=torch.float64)
+    b = a + noise * torch.randn(rows, dim, generator=gen, dtype=torch.float64)
     if similarity == "cosine":
         a, b = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
+    return a, b
+
+
+def assert_matches_naive(a, b, similarity: str, p: float, tau: float) -> None:
+    """info_nce and the naive reference agree in value and in both gradients."""
     a1, b1 = a.clone().requires_grad_(), b.clone().requires_grad_()
     a2, b2 = a.clone().requires_grad_(), b.clone().requires_grad_()
     ours = info_nce(a1, b1, similarity=similarity, p=p, tau=tau)
@@ -40,6 +44,13 @@ def test_info_nce_matches_naive_reference_values_and_gradients(similarity, p, ta
     ref.backward()
     torch.testing.assert_close(a1.grad, a2.grad, rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(b1.grad, b2.grad, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("similarity,p", CASES)
+@pytest.mark.parametrize("tau", [0.1, 1.0])
+def test_info_nce_matches_naive_reference_values_and_gradients(similarity, p, tau) -> None:
+    a, b = noisy_pairs(0, 33, 5, 0.3, similarity)
+    assert_matches_naive(a, b, similarity, p, tau)
 
 
 @pytest.mark.parametrize("similarity,p", CASES)
@@ -145,18 +156,6 @@ def test_blockwise_info_nce_matches_naive_across_many_row_blocks(
 
     monkeypatch.setattr(losses, "LOGIT_BLOCK_ELEMENTS", 100)  # 3 rows per block of 31 columns
     monkeypatch.setattr(losses, "USE_FUSED_KERNELS", fused and losses.USE_FUSED_KERNELS)
-    gen = torch.Generator().manual_seed(11)
-    a = torch.randn(31, 4, generator=gen, dtype=torch.float64)
-    b = a + 0.2 * torch.randn(31, 4, generator=gen, dtype=torch.float64)
-    if similarity == "cosine":
-        a, b = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
+    a, b = noisy_pairs(11, 31, 4, 0.2, similarity)
     for tau in (1e-3, 0.5):  # tiny tau: logits in the thousands, the softmax nearly one-hot
-        a1, b1 = a.clone().requires_grad_(), b.clone().requires_grad_()
-        a2, b2 = a.clone().requires_grad_(), b.clone().requires_grad_()
-        ours = info_nce(a1, b1, similarity=similarity, p=p, tau=tau)
-        ref = naive_info_nce(a2, b2, similarity, p, tau)
-        torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
-        ours.backward()
-        ref.backward()
-        torch.testing.assert_close(a1.grad, a2.grad, rtol=1e-7, atol=1e-9)
-        torch.testing.assert_close(b1.grad, b2.grad, rtol=1e-7, atol=1e-9)
+        assert_matches_naive(a, b, similarity, p, tau)
