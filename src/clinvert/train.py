@@ -136,7 +136,12 @@ def build_experiment(
         return _build_image_experiment(cfg, device, images)
     mix = cfg.mixing
     mixing = InvertibleMLP(
-        cfg.latent.dim, mix.layers, cfg.mixing_seed, mix.cond_quantile, mix.cond_trials
+        cfg.latent.dim,
+        mix.layers,
+        cfg.mixing_seed,
+        mix.cond_quantile,
+        mix.cond_trials,
+        mix.weights,
     ).to(device)
     model = _init_model(cfg, device, cfg.latent.dim, widths=cfg.model.widths)
     process = build_process(cfg)
