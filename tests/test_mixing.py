@@ -72,3 +72,21 @@ def test_mixing_is_nonlinear() -> None:
     g = InvertibleMLP(10, layers=3, seed=0)
     z = torch.randn(100, 10)
     assert not torch.allclose(g(2 * z), 2 * g(z), atol=1e-3) or not torch.allclose(g(-z), -g(z))
+
+
+@pytest.mark.parametrize("quantile", [0.0, 0.2])
+def test_chunked_draws_pick_the_same_matrix_and_leave_the_generator_alike(
+    quantile: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import clinvert.mixing as mixing
+
+    def pick() -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(4)
+        w = well_conditioned_matrix(5, gen, quantile, cond_trials=300)
+        return w, torch.rand(3, generator=gen)
+
+    whole = pick()
+    monkeypatch.setattr(mixing, "_CHUNK_ENTRIES", 25 * 7)  # 7 matrices per chunk, a ragged tail
+    chunked = pick()
+    torch.testing.assert_close(chunked[0], whole[0], rtol=0, atol=0)
+    torch.testing.assert_close(chunked[1], whole[1], rtol=0, atol=0)

@@ -42,6 +42,11 @@ def _candidates(trials: int, dim: int, generator: torch.Generator, weights: str)
     return _unit_columns(raw)
 
 
+#: Candidates are drawn in chunks of at most this many float64 entries (32 MiB), so that 25000
+#: draws stay cheap in memory at any dimension; for n <= 12 all draws are one chunk.
+_CHUNK_ENTRIES = 4_000_000
+
+
 def well_conditioned_matrix(
     dim: int,
     generator: torch.Generator,
@@ -52,13 +57,33 @@ def well_conditioned_matrix(
     """A random [dim, dim] matrix with unit-norm columns (float64, on the CPU): of ``cond_trials``
     random draws, the best-conditioned one (``cond_quantile = 0``) or the first whose condition
     number is at most their ``cond_quantile`` quantile."""
-    candidates = _candidates(cond_trials, dim, generator, weights)
-    cond = torch.linalg.cond(candidates)
+    chunk = max(1, min(cond_trials, _CHUNK_ENTRIES // (dim * dim)))
+    sizes = [min(chunk, cond_trials - lo) for lo in range(0, cond_trials, chunk)]
+    start = generator.get_state()
+    conds, best, best_cond = [], None, float("inf")
+    for size in sizes:
+        candidates = _candidates(size, dim, generator, weights)
+        cond = torch.linalg.cond(candidates)
+        conds.append(cond)
+        i = int(torch.argmin(cond))
+        if float(cond[i]) < best_cond:
+            best, best_cond = candidates[i].clone(), float(cond[i])
     if cond_quantile == 0.0:
-        return candidates[int(torch.argmin(cond))]
-    threshold = torch.quantile(cond, cond_quantile)
-    first_ok = int(torch.nonzero(cond <= threshold)[0, 0])
-    return candidates[first_ok]
+        assert best is not None
+        return best
+    cond = torch.cat(conds)
+    first_ok = int(torch.nonzero(cond <= torch.quantile(cond, cond_quantile))[0, 0])
+    # Draw the chunk holding that matrix again, then leave the generator where all draws left it.
+    end = generator.get_state()
+    generator.set_state(start)
+    offset = 0
+    for size in sizes:
+        candidates = _candidates(size, dim, generator, weights)
+        if first_ok < offset + size:
+            break
+        offset += size
+    generator.set_state(end)
+    return candidates[first_ok - offset].clone()
 
 
 @lru_cache(maxsize=64)
