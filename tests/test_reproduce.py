@@ -110,6 +110,9 @@ def test_reproduce_local_then_skip_then_report(configs: Path, tmp_path: Path) ->
     md = (out / "table2.md").read_text()
     assert "| generative process | model | matched? | identity | supervised | contrastive" in md
     assert "Machine:" in md and "Command:" in md
+    for s in summary:  # every row states its own training length, not the first row's
+        row_line = next(line for line in md.splitlines() if s["process"] in line)
+        assert f"| {s['steps']} × {s['batch_size']} |" in row_line
     result = out / "runs" / "a-laplace__box-l1" / "seed1" / "supervised" / "result.json"
     stamp = result.stat().st_mtime_ns
     assert main(args) == 0  # everything finished: skipped, same numbers

@@ -188,8 +188,8 @@ def render_markdown(table: str, summary: list[dict], command: str, quick: bool) 
         f"Date: {dt.date.today().isoformat()}",
         "",
         f"| generative process | model | matched? | identity | supervised | contrastive {name} "
-        f"| contrastive {other} | seeds | claim |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| contrastive {other} | seeds | steps × batch | claim |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes, short = [], []
     for s in summary:
@@ -201,7 +201,7 @@ def render_markdown(table: str, summary: list[dict], command: str, quick: bool) 
             f"| {s['process']} | {s['model']} | {matched} | {_fmt(s['identity'])} | "
             f"{_fmt(s['supervised'])} | {_fmt(s['mean'], spread)} | "
             f"{_fmt(s['other']['mean'], other_spread)} | {len(s['seeds'])} | "
-            f"{claim_cell(s.get('claims', []))} |"
+            f"{s['steps']} × {s['batch_size']} | {claim_cell(s.get('claims', []))} |"
         )
         missed = [c for c in s.get("claims", []) if c["holds"] is False]
         if missed:
@@ -217,9 +217,9 @@ def render_markdown(table: str, summary: list[dict], command: str, quick: bool) 
         lines += ["", "Runs not in the means:", *notes]
     lines += [
         "",
-        f"Each row: {summary[0]['steps'] if summary else '?'} steps; mean ± std over "
-        "seeds of the contrastive encoder on fresh test samples; identity = z against g(z); "
-        "supervised = the same encoder regressed on z.",
+        "Each row: mean ± std over seeds of the contrastive encoder on fresh test samples, "
+        "trained for the row's steps × batch; identity = z against g(z); supervised = the same "
+        "encoder regressed on z.",
         "",
     ]
     return "\n".join(lines)
