@@ -90,3 +90,34 @@ def test_chunked_draws_pick_the_same_matrix_and_leave_the_generator_alike(
     chunked = pick()
     torch.testing.assert_close(chunked[0], whole[0], rtol=0, atol=0)
     torch.testing.assert_close(chunked[1], whole[1], rtol=0, atol=0)
+
+
+def _first_quartile_mixing(dim: int, layers: int, seed: int) -> torch.Tensor:
+    """The mixing rule clinvert used before the paper's (written out here as it was)."""
+    gen = torch.Generator().manual_seed(seed)
+    mats = []
+    for _ in range(layers):
+        cand = torch.randn(1000, dim, dim, generator=gen, dtype=torch.float64)
+        cand = cand / cand.norm(dim=-2, keepdim=True)
+        cond = torch.linalg.cond(cand)
+        mats.append(cand[int(torch.nonzero(cond <= torch.quantile(cond, 0.25))[0, 0])])
+    return torch.stack(mats).to(torch.float32)
+
+
+def test_old_run_directories_rebuild_the_mixing_they_were_trained_with(tmp_path) -> None:
+    import yaml
+
+    from clinvert.config import load_config, read_run_config, validate_config
+    from clinvert.train import build_experiment
+
+    data = load_config(None, ["latent.dim=6"]).to_dict()
+    data["mixing"] = {"layers": 3, "seed": 2, "cond_quantile": 0.25, "cond_trials": 1000}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))  # no `weights`: an old run
+    cfg = validate_config(read_run_config(tmp_path))
+    assert cfg.mixing.weights == "normal"
+    exp = build_experiment(cfg, torch.device("cpu"))
+    torch.testing.assert_close(exp.mixing.weights, _first_quartile_mixing(6, 3, 2), rtol=0, atol=0)
+    # A config that names its draws keeps them.
+    data["mixing"]["weights"] = "uniform"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    assert validate_config(read_run_config(tmp_path)).mixing.weights == "uniform"

@@ -472,6 +472,24 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+#: What a run directory's config meant when it was written before ``mixing.weights`` existed: the
+#: candidates of every mixing layer were Gaussian then.
+LEGACY_MIXING_WEIGHTS = "normal"
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The resolved config a run directory was made from (``config.yaml``), as a dictionary.
+
+    A config saved before ``mixing.weights`` existed gets ``weights: normal``, so that resuming or
+    scoring such a run rebuilds the mixing it was trained with, not today's default.
+    """
+    data = read_yaml(Path(run_dir) / "config.yaml")
+    mixing = data.get("mixing")
+    if isinstance(mixing, dict) and "weights" not in mixing:
+        mixing["weights"] = LEGACY_MIXING_WEIGHTS
+    return data
+
+
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``base`` with ``update`` merged in, section by section."""
     out = copy.deepcopy(base)

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 from sklearn.linear_model import LinearRegression  # noqa: E402
 
-from clinvert.config import ConfigError, read_yaml, validate_config  # noqa: E402
+from clinvert.config import ConfigError, read_run_config, validate_config  # noqa: E402
 from clinvert.io import read_jsonl, write_bytes, write_text  # noqa: E402
 from clinvert.metrics import correlation_matrix  # noqa: E402
 from clinvert.reproduce import TABLES, claim_cell  # noqa: E402
@@ -109,7 +109,7 @@ def recovered_latents(run: Path, samples: int = 2000) -> tuple[np.ndarray, np.nd
         make_generator,
     )
 
-    cfg = validate_config(read_yaml(run / "config.yaml"))
+    cfg = validate_config(read_run_config(run))
     device = torch.device("cpu")
     exp = build_experiment(cfg, device)
     state = torch.load(run / "checkpoint.pt", map_location=device, weights_only=False)

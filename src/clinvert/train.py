@@ -31,7 +31,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from clinvert import metrics
-from clinvert.config import ConfigError, RunConfig, check_data_dirs, read_yaml, validate_config
+from clinvert.config import (
+    ConfigError,
+    RunConfig,
+    check_data_dirs,
+    read_run_config,
+    validate_config,
+)
 from clinvert.io import read_jsonl, save_torch, write_bytes, write_json, write_text
 from clinvert.latents import LatentProcess, make_conditional, make_marginal, make_space
 from clinvert.losses import InfoNCE
@@ -725,7 +731,7 @@ def resume(
 ) -> dict[str, Any]:
     """Continue the run in ``out_dir`` from its checkpoint (to ``steps`` if given)."""
     out = Path(out_dir)
-    data = read_yaml(out / "config.yaml")
+    data = read_run_config(out)
     if steps is not None:
         data.setdefault("train", {})["steps"] = steps
     cfg = validate_config(data)
