@@ -24,21 +24,18 @@ from pathlib import Path
 
 import torch
 
-from clinvert.config import ConfigError, load_config
+from clinvert.config import ConfigError, RunConfig, load_config
 from clinvert.io import write_bytes, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "configs" / "synthetic" / "fast"
 
 
-def run_preset(
-    path: Path, budget_s: float, eval_every: int, overrides: list[str] | None = None
-) -> dict:
-    """Train one preset (with ``overrides``, ``key=value``) until its claim holds or ``budget_s`` of
+def run_preset(name: str, cfg: RunConfig, budget_s: float, eval_every: int) -> dict:
+    """Train preset ``name`` (its validated config ``cfg``) until its claim holds or ``budget_s`` of
     training time is spent."""
     from clinvert.train import Trainer
 
-    cfg = load_config(path, overrides or [])
     (claim,) = cfg.claims
     trainer = Trainer(cfg, tempfile.mkdtemp(prefix="ttq-"), progress=False)
     curve, train_s, eval_s, best = [], 0.0, 0.0, float("-inf")
@@ -55,14 +52,14 @@ def run_preset(
         best = max(best, score)
         curve.append({"step": trainer.step, "train_seconds": round(train_s, 2), "score": score})
         print(
-            f"  {path.stem}: step {trainer.step:6d}  {train_s:7.1f} s  {claim.metric} {score:.4f}",
+            f"  {name}: step {trainer.step:6d}  {train_s:7.1f} s  {claim.metric} {score:.4f}",
             flush=True,
         )
         if claim.holds(score):
             reached = {"step": trainer.step, "train_seconds": train_s, "score": score}
             break
     return {
-        "preset": path.stem,
+        "preset": name,
         "target": claim.describe(),
         "metric": claim.metric,
         "reached": reached,
@@ -123,13 +120,12 @@ def main() -> None:
     if args.budget_minutes <= 0 or args.eval_every < 1:
         sys.exit("bench_ttq: error: --budget-minutes must be > 0 and --eval-every >= 1")
     print(f"time to quality, {torch.get_num_threads()} threads, budget {args.budget_minutes} min")
-    try:
-        for n in names:  # validate every override before any training starts
-            load_config(available[n], args.set)
+    try:  # every preset and override validated before any training starts
+        configs = {n: load_config(available[n], args.set) for n in names}
     except ConfigError as err:  # names the bad field and what is allowed
         sys.exit(f"bench_ttq: error: {err}")
     results = [
-        run_preset(available[n], 60 * args.budget_minutes, args.eval_every, args.set) for n in names
+        run_preset(n, cfg, 60 * args.budget_minutes, args.eval_every) for n, cfg in configs.items()
     ]
     print(f"\n{'preset':28s}{'target':>12s}{'reached':>9s}{'minutes':>9s}{'steps':>8s}{'best':>8s}")
     for r in results:
