@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,16 @@ def test_headline_runs_its_rows_and_writes_the_report(
     summary = json.loads((out / "table2.json").read_text())
     assert [s["row"] for s in summary] == ["a-laplace__box-l1"] and summary[0]["seeds"] == [0]
     assert (out / "report.html").exists()
+
+
+def test_available_cores_honours_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OMP_NUM_THREADS caps a sweep's cores (one worker, one thread next to another job)."""
+    from clinvert.sweep import available_cores, default_workers
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = available_cores()
+    assert 1 <= cores <= (os.cpu_count() or 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert available_cores() == 1 and default_workers() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "not-a-number")
+    assert available_cores() == cores

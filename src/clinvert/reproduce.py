@@ -18,7 +18,14 @@ import numpy as np
 
 from clinvert.config import ConfigError, describe_model, describe_process, load_config
 from clinvert.io import write_json, write_text
-from clinvert.sweep import RunSpec, current_result, run_dir, run_specs
+from clinvert.sweep import (
+    RunSpec,
+    available_cores,
+    current_result,
+    default_workers,
+    run_dir,
+    run_specs,
+)
 
 #: Metric each table reports.
 TABLES: dict[str, str] = {"table1": "r2", "table2": "mcc"}
@@ -246,8 +253,8 @@ def reproduce(
     as missing.
     """
     out = Path(out)
-    workers = workers or max(1, os.cpu_count() or 1)
-    threads = max(1, (os.cpu_count() or 1) // workers) if backend == "local" else 1
+    workers = workers or default_workers()
+    threads = max(1, available_cores() // workers) if backend == "local" else 1
     specs = build_specs(table, out, quick=quick, seeds=seeds, rows=rows, threads=threads, root=root)
     if collect_only:
         found = {spec: current_result(spec) for spec in specs}

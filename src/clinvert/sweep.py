@@ -198,9 +198,25 @@ def run_specs(
     return results
 
 
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by ``OMP_NUM_THREADS`` when that is set.
+
+    ``OMP_NUM_THREADS=1 clinvert reproduce ...`` thus keeps a sweep to one core (one worker with one
+    thread) next to another job, instead of splitting the whole machine between its workers.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    cap = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if cap.isdigit() and int(cap) > 0:
+        cores = min(cores, int(cap))
+    return max(1, cores)
+
+
 def default_workers() -> int:
-    """One single-threaded run per core."""
-    return max(1, os.cpu_count() or 1)
+    """One single-threaded run per available core (see :func:`available_cores`)."""
+    return available_cores()
 
 
 def spec_dict(spec: RunSpec) -> dict[str, Any]:
