@@ -105,7 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", help="comma-separated row names (default: all rows)")
     p.add_argument("--backend", default="local", help="local (processes, default) or ray")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
-    p.add_argument("--workers", type=int, help="local worker processes (default: one per core; OMP_NUM_THREADS caps the cores used)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="local worker processes (default: one per core; OMP_NUM_THREADS caps the cores used)",
+    )
     p.add_argument(
         "--configs",
         help="folder holding table1/ and table2/ row configs (default: configs/synthetic)",
@@ -130,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default="runs/headline", help="output directory (default runs/headline)"
     )
     p.add_argument("--seeds", type=int, default=2, help="seeds per row (default 2)")
-    p.add_argument("--workers", type=int, help="local worker processes (default: one per core; OMP_NUM_THREADS caps the cores used)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="local worker processes (default: one per core; OMP_NUM_THREADS caps the cores used)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser(
