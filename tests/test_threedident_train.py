@@ -272,6 +272,16 @@ def test_train_on_images_writes_the_run_directory_and_resumes_exactly(toy, tmp_p
     part = json.loads((tmp_path / "part" / "result.json").read_text())
     assert part["steps"] == 4 and part["final"] == final
 
+    # The table of finished runs: one line per run, its per-factor R², the data it was trained on.
+    out = tmp_path / "table.md"
+    assert main(["threedident", "table", str(run), str(tmp_path / "part"), "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 4 and all(f in lines[0] for f in FACTORS)
+    assert "| 4 × 8 |" in lines[2] and "200 / 96 at" in lines[2]
+    assert f"| {final['r2_per_factor']['pos_x']:.2f} |" in lines[2]
+    assert lines[2].endswith("✗ short |") or lines[2].endswith("✓ |")
+    assert main(["threedident", "table", str(tmp_path / "nothing")]) == 2
+
 
 def test_periodic_scores_use_the_angle_embedding(tmp_path: Path) -> None:
     from clinvert.train import ImageData

@@ -165,10 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_threedident(sub: argparse._SubParsersAction) -> None:
-    """The ``threedident`` command group (``render``)."""
+    """The ``threedident`` command group (``render``, ``table``)."""
     p = sub.add_parser(
         "threedident",
-        help="3DIdent data: render the teapot dataset",
+        help="3DIdent data: render the teapot dataset, tabulate runs",
         description="3DIdent: images of the Utah teapot rendered from ten latent factors.",
     )
     group = p.add_subparsers(dest="threedident_command", metavar="ACTION", required=True)
@@ -195,6 +195,19 @@ def _add_threedident(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--seed", type=int, default=0, help="seed of the latents (default 0)")
     r.add_argument("--samples", type=int, help="cycles: samples per pixel (default 8)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    t = group.add_parser(
+        "table",
+        help="markdown table of finished 3DIdent runs (R², MCC, R² per factor)",
+        description=(
+            "Print (or write with --out) a markdown table of finished 3DIdent run directories: "
+            "overall R² and MCC, R² per factor, the mean over factors, the images each run was "
+            "trained on (count, size, renderer) and whether positions reach R² 0.9 and the mean 0.8."
+        ),
+        epilog="example:\n  clinvert threedident table runs/3dident-box runs/3dident-sphere --out table.md\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("runs", nargs="+", metavar="RUN", help="run directories (with result.json)")
+    t.add_argument("--out", help="write the table to this file (default: print it)")
 
 
 def demo_config_path() -> Path:
@@ -318,6 +331,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_threedident(args: argparse.Namespace) -> int:
     from clinvert.data.threedident import store
+
+    if args.threedident_command == "table":
+        from clinvert.data.threedident.summary import markdown_table
+
+        table = markdown_table(args.runs)
+        if args.out:
+            from clinvert.io import write_text
+
+            write_text(Path(args.out), table)
+            print(f"table: {args.out}")
+        else:
+            print(table, end="")
+        return 0
 
     store.check_settings(args.n, args.size, args.backend, args.mode, args.seed, args.samples)
     manifest = store.render_dataset(

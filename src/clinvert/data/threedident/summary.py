@@ -1,0 +1,108 @@
+"""A markdown table of finished 3DIdent runs: overall and per-factor scores, data and training size.
+
+``clinvert threedident table RUN [RUN ...]`` prints it (or writes it with ``--out``). Each run
+directory is read as the trainer left it (``config.yaml``, ``result.json``); the dataset's
+``manifest.json`` (beside the run's ``data.train_dir`` / ``data.test_dir``) names the renderer and the
+number of images, so a table never hides which backend its images came from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from clinvert.config import (
+    ConfigError,
+    describe_model,
+    describe_process,
+    read_run_config,
+    validate_config,
+)
+from clinvert.data.threedident.factors import FACTORS
+
+#: The issue's bar for the small reproduction: every position factor and the mean over the factors.
+POSITION_FACTORS = ("pos_x", "pos_y", "pos_z")
+POSITION_AT_LEAST = 0.9
+MEAN_AT_LEAST = 0.8
+
+
+def _manifest(path: str | Path | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        return json.loads((Path(path) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _data_label(cfg_data: dict[str, Any]) -> str:
+    train = _manifest(cfg_data.get("train_dir"))
+    test = _manifest(cfg_data.get("test_dir"))
+    if not train:
+        return "?"
+    size = train.get("size", "?")
+    renderer = train.get("renderer") or train.get("backend", "?")
+    n_test = test.get("n", "?") if test else "?"
+    return f"{train.get('n', '?')} / {n_test} at {size}×{size}, {renderer}"
+
+
+def run_row(run: str | Path) -> dict[str, Any]:
+    """One run's summary: name, model, data, steps × batch, wall time, scores per factor."""
+    run = Path(run)
+    try:
+        result = json.loads((run / "result.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"run: no readable result.json in {run} ({err})") from None
+    if result.get("status") != "finished":
+        raise ConfigError(f"run: {run} has status {result.get('status')!r}, not 'finished'")
+    data = read_run_config(run)
+    cfg = validate_config(data)
+    final = result["final"]
+    per_factor = final.get("r2_per_factor")
+    if not isinstance(per_factor, dict):
+        raise ConfigError(f"run: {run}/result.json has no final.r2_per_factor (not a 3DIdent run)")
+    values = [float(per_factor[f]) for f in FACTORS]
+    mean = sum(values) / len(values)
+    positions_ok = all(float(per_factor[f]) >= POSITION_AT_LEAST for f in POSITION_FACTORS)
+    train = data.get("train", {})
+    return {
+        "run": run.name,
+        "data_cfg": data.get("data", {}),
+        "model": describe_model(cfg),
+        "process": describe_process(cfg),
+        "steps": result.get("steps"),
+        "batch_size": train.get("batch_size"),
+        "wall_seconds": result.get("wall_seconds"),
+        "identity_r2": (result.get("identity") or {}).get("r2"),
+        "r2": final.get("r2"),
+        "mcc": final.get("mcc"),
+        "r2_per_factor": {f: float(per_factor[f]) for f in FACTORS},
+        "mean": mean,
+        "meets_bar": positions_ok and mean >= MEAN_AT_LEAST,
+    }
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    return "–" if x is None else f"{float(x):.{digits}f}"
+
+
+def markdown_table(runs: list[str | Path]) -> str:
+    """The markdown table of ``runs`` (one line per run), with the bar of the issue as last column."""
+    rows = [run_row(r) for r in runs]
+    head = (
+        "| run | pairs (latent process) | model | images (train / test) | steps × batch | wall s "
+        "| identity R² (pixels) | R² | MCC | "
+        + " | ".join(FACTORS)
+        + " | mean of factors | positions ≥ 0.9 and mean ≥ 0.8 |"
+    )
+    lines = [head, "|" + "---|" * (10 + len(FACTORS) + 1)]
+    for r in rows:
+        factors = " | ".join(f"{r['r2_per_factor'][f]:.2f}" for f in FACTORS)
+        lines.append(
+            f"| {r['run']} | {r['process']} | {r['model']} | {_data_label(r['data_cfg'])} | "
+            f"{r['steps']} × {r['batch_size']} | {_f(r['wall_seconds'], 0)} | "
+            f"{_f(r['identity_r2'])} | {_f(r['r2'])} | {_f(r['mcc'])} | {factors} | "
+            f"{r['mean']:.3f} | {'✓' if r['meets_bar'] else '✗ short'} |"
+        )
+    return "\n".join(lines) + "\n"
