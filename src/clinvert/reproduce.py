@@ -287,7 +287,7 @@ HEADLINE: dict[str, list[str]] = {
 
 
 def headline(
-    out: str | Path, *, seeds: int = 2, progress: bool = True, workers: int | None = None
+    out: str | Path, *, seeds: int = 1, progress: bool = True, workers: int | None = None
 ) -> dict[str, list[dict]]:
     """Quick reproduction of the headline rows of both tables into ``out``."""
     return {

@@ -115,11 +115,20 @@ def execute(spec: RunSpec) -> dict[str, Any]:
     return Trainer(cfg, out, progress=False).run(resume=resumable)
 
 
+def expected_cost(spec: RunSpec) -> int:
+    """A run's work in encoder passes over samples: steps x batch, twice for two contrastive views."""
+    cfg = spec.resolve()
+    views = 2 if cfg.train.objective == "contrastive" else 1
+    return cfg.train.steps * cfg.train.batch_size * views
+
+
 def _local(specs: list[RunSpec], workers: int, on_done: Callable[[RunSpec, dict], None]) -> None:
     if workers <= 1:
         for spec in specs:
             on_done(spec, execute(spec))
         return
+    # Longest runs first, so that a long row does not start last and run alone at the end.
+    specs = sorted(specs, key=expected_cost, reverse=True)
     # spawn: forking a process that already runs torch's thread pools can deadlock.
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
