@@ -278,7 +278,7 @@ def test_train_on_images_writes_the_run_directory_and_resumes_exactly(toy, tmp_p
     lines = out.read_text().splitlines()
     assert len(lines) == 4 and all(f in lines[0] for f in FACTORS)
     assert "| 4 × 8 |" in lines[2] and "200 / 96 at" in lines[2]
-    assert f"| {final['r2_per_factor']['pos_x']:.2f} |" in lines[2]
+    assert f"| {final['r2_per_factor']['pos_x']:.3f} |" in lines[2]
     assert lines[2].endswith("✗ short |") or lines[2].endswith("✓ |")
     assert main(["threedident", "table", str(tmp_path / "nothing")]) == 2
 

@@ -222,9 +222,12 @@ def print_comparison(result: dict) -> None:
     ident, final = result["identity"], result.get("final")
     print()
     print(f"{'':24s}{'R2':>8s}{'MCC':>8s}")
-    print(f"{'identity  z vs g(z)':24s}{ident['r2']:8.3f}{ident['mcc']:8.3f}")
+    images = "baseline" in ident  # image runs: a linear fit on pooled pixels, not g(z) itself
+    label = "identity  pixels" if images else "identity  z vs g(z)"
+    print(f"{label:24s}{ident['r2']:8.3f}{ident['mcc']:8.3f}")
     if final:
-        print(f"{'learned   z vs f(g(z))':24s}{final['r2']:8.3f}{final['mcc']:8.3f}")
+        label = "learned   z vs f(image)" if images else "learned   z vs f(g(z))"
+        print(f"{label:24s}{final['r2']:8.3f}{final['mcc']:8.3f}")
     else:
         print(f"learned: run {result['status']}: {result.get('error', '')}")
     print(f"({result['steps']} steps, {result['wall_seconds']:.0f} s on {result['device']})")

@@ -98,7 +98,7 @@ def markdown_table(runs: list[str | Path]) -> str:
     )
     lines = [head, "|" + "---|" * (10 + len(FACTORS) + 1)]
     for r in rows:
-        factors = " | ".join(f"{r['r2_per_factor'][f]:.2f}" for f in FACTORS)
+        factors = " | ".join(f"{r['r2_per_factor'][f]:.3f}" for f in FACTORS)
         lines.append(
             f"| {r['run']} | {r['process']} | {r['model']} | {_data_label(r['data_cfg'])} | "
             f"{r['steps']} × {r['batch_size']} | {_f(r['wall_seconds'], 0)} | "
