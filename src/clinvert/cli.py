@@ -335,8 +335,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_threedident(args: argparse.Namespace) -> int:
-    from clinvert.data.threedident import store
-
     if args.threedident_command == "table":
         from clinvert.data.threedident.summary import markdown_table
 
@@ -349,6 +347,8 @@ def _cmd_threedident(args: argparse.Namespace) -> int:
         else:
             print(table, end="")
         return 0
+
+    from clinvert.data.threedident import store
 
     store.check_settings(args.n, args.size, args.backend, args.mode, args.seed, args.samples)
     manifest = store.render_dataset(

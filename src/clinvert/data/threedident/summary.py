@@ -20,6 +20,7 @@ from clinvert.config import (
     validate_config,
 )
 from clinvert.data.threedident.factors import FACTORS
+from clinvert.sweep import read_result
 
 #: The issue's bar for the small reproduction: every position factor and the mean over the factors.
 POSITION_FACTORS = ("pos_x", "pos_y", "pos_z")
@@ -36,9 +37,9 @@ def _manifest(path: str | Path | None) -> dict[str, Any]:
         return {}
 
 
-def _data_label(cfg_data: dict[str, Any]) -> str:
-    train = _manifest(cfg_data.get("train_dir"))
-    test = _manifest(cfg_data.get("test_dir"))
+def _data_label(train_dir: str | None, test_dir: str | None) -> str:
+    train = _manifest(train_dir)
+    test = _manifest(test_dir)
     if not train:
         return "?"
     size = train.get("size", "?")
@@ -50,34 +51,31 @@ def _data_label(cfg_data: dict[str, Any]) -> str:
 def run_row(run: str | Path) -> dict[str, Any]:
     """One run's summary: name, model, data, steps × batch, wall time, scores per factor."""
     run = Path(run)
-    try:
-        result = json.loads((run / "result.json").read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"run: no readable result.json in {run} ({err})") from None
+    result = read_result(run)
+    if result is None:
+        raise ConfigError(f"run: no readable result.json in {run}")
     if result.get("status") != "finished":
         raise ConfigError(f"run: {run} has status {result.get('status')!r}, not 'finished'")
-    data = read_run_config(run)
-    cfg = validate_config(data)
+    cfg = validate_config(read_run_config(run))
     final = result["final"]
     per_factor = final.get("r2_per_factor")
     if not isinstance(per_factor, dict):
         raise ConfigError(f"run: {run}/result.json has no final.r2_per_factor (not a 3DIdent run)")
-    values = [float(per_factor[f]) for f in FACTORS]
-    mean = sum(values) / len(values)
-    positions_ok = all(float(per_factor[f]) >= POSITION_AT_LEAST for f in POSITION_FACTORS)
-    train = data.get("train", {})
+    scores = {f: float(per_factor[f]) for f in FACTORS}
+    mean = sum(scores.values()) / len(scores)
+    positions_ok = all(scores[f] >= POSITION_AT_LEAST for f in POSITION_FACTORS)
     return {
         "run": run.name,
-        "data_cfg": data.get("data", {}),
+        "data": _data_label(cfg.data.train_dir, cfg.data.test_dir),
         "model": describe_model(cfg),
         "process": describe_process(cfg),
         "steps": result.get("steps"),
-        "batch_size": train.get("batch_size"),
+        "batch_size": cfg.train.batch_size,
         "wall_seconds": result.get("wall_seconds"),
         "identity_r2": (result.get("identity") or {}).get("r2"),
         "r2": final.get("r2"),
         "mcc": final.get("mcc"),
-        "r2_per_factor": {f: float(per_factor[f]) for f in FACTORS},
+        "r2_per_factor": scores,
         "mean": mean,
         "meets_bar": positions_ok and mean >= MEAN_AT_LEAST,
     }
@@ -100,7 +98,7 @@ def markdown_table(runs: list[str | Path]) -> str:
     for r in rows:
         factors = " | ".join(f"{r['r2_per_factor'][f]:.3f}" for f in FACTORS)
         lines.append(
-            f"| {r['run']} | {r['process']} | {r['model']} | {_data_label(r['data_cfg'])} | "
+            f"| {r['run']} | {r['process']} | {r['model']} | {r['data']} | "
             f"{r['steps']} × {r['batch_size']} | {_f(r['wall_seconds'], 0)} | "
             f"{_f(r['identity_r2'])} | {_f(r['r2'])} | {_f(r['mcc'])} | {factors} | "
             f"{r['mean']:.3f} | {'✓' if r['meets_bar'] else '✗ short'} |"
