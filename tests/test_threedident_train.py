@@ -276,10 +276,14 @@ def test_train_on_images_writes_the_run_directory_and_resumes_exactly(toy, tmp_p
     out = tmp_path / "table.md"
     assert main(["threedident", "table", str(run), str(tmp_path / "part"), "--out", str(out)]) == 0
     lines = out.read_text().splitlines()
-    assert len(lines) == 4 and all(f in lines[0] for f in FACTORS)
+    assert all(f in lines[0] for f in FACTORS)
     assert "| 4 × 8 |" in lines[2] and "200 / 96 at" in lines[2]
     assert f"| {final['r2_per_factor']['pos_x']:.3f} |" in lines[2]
     assert lines[2].endswith("✗ short |") or lines[2].endswith("✓ |")
+    # then the kNN probe of both runs (a diagnostic beside the affine R²)
+    assert list(final["knn_r2_per_factor"]) == list(FACTORS)
+    assert lines[4] == "" and lines[5].startswith("kNN R² per factor") and len(lines) == 11
+    assert lines[9].startswith("| full | ") and lines[10].startswith("| part | ")
     assert main(["threedident", "table", str(tmp_path / "nothing")]) == 2
 
 
@@ -295,5 +299,6 @@ def test_periodic_scores_use_the_angle_embedding(tmp_path: Path) -> None:
     perfect = data.score(torch.from_numpy(embed_latents(z, data.test.periodic_mask())))
     assert list(perfect["r2_per_factor"]) == list(FACTORS)
     assert perfect["r2"] > 0.999 and min(perfect["r2_per_factor"].values()) > 0.999
+    assert list(perfect["knn_r2_per_factor"]) == list(FACTORS)
     raw = data.score(torch.from_numpy(z))  # angles as numbers: the wrap-around is not affine
     assert raw["r2_per_factor"]["rot_alpha"] < 0.9 and raw["r2_per_factor"]["pos_x"] > 0.999

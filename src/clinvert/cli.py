@@ -128,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Reproduce, with each row's quick profile, the headline rows: the matched sphere/vMF "
             "row (R^2), the matched box/Laplace/L1 row (MCC) and the box/Normal/L2 rows with the box "
             "and the unbounded model (the Gaussian exception: high R^2, low MCC where the model "
-            "space has no faces). Resumable; then writes the report. One seed takes 30-40 minutes "
-            "on 2 cores; --seeds 2 gives a spread and about twice the time."
+            "space has no faces). Resumable; then writes the report. One seed took 28 minutes "
+            "on 2 idle cores (measured); --seeds 2 gives a spread and about twice the time."
         ),
     )
     p.add_argument(

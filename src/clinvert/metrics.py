@@ -4,6 +4,9 @@
   report R^2 on the other half, averaged over the latent dimensions.
 * :func:`mcc` -- permutation identifiability: the |correlation| matrix between z and h, a Hungarian
   matching on it (``scipy.optimize.linear_sum_assignment``), the mean matched |correlation|.
+* :func:`knn_r2_per_dim` -- a diagnostic, not a claim of the theory: held-out R^2 of a k-nearest-
+  neighbour regression from h to each latent. High kNN R^2 with low affine R^2 means the factor is
+  in h, but not linearly; both low means h has lost it.
 
 Both accept numpy arrays or torch tensors of shape [N, n] (h may have another width).
 """
@@ -17,6 +20,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import r2_score
+from sklearn.neighbors import KNeighborsRegressor
 
 ArrayLike = object  # numpy array or torch tensor
 
@@ -54,6 +58,25 @@ def r2_per_dim(z: ArrayLike, h: ArrayLike, seed: int = 0) -> np.ndarray:
     fit, test = order[:half], order[half:]
     model = LinearRegression().fit(h_[fit], z_[fit])
     return np.atleast_1d(r2_score(z_[test], model.predict(h_[test]), multioutput="raw_values"))
+
+
+def knn_r2_per_dim(z: ArrayLike, h: ArrayLike, k: int = 10, seed: int = 0) -> np.ndarray:
+    """Held-out R^2 of a k-nearest-neighbour regression from h to each latent of z, shape [n].
+
+    The same random halves as :func:`r2_per_dim` (fit on one, score on the other); h is
+    standardised with the fit half's mean and standard deviation, so no output dimension dominates
+    the distances. It measures whether each latent can be read from h at all, by any smooth map.
+    """
+    z_, h_ = _pair(z, h)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    order = np.random.default_rng(seed).permutation(z_.shape[0])
+    half = z_.shape[0] // 2
+    fit, test = order[:half], order[half:]
+    mean, std = h_[fit].mean(0), h_[fit].std(0)
+    hs = (h_ - mean) / np.where(std > 0, std, 1.0)
+    model = KNeighborsRegressor(n_neighbors=min(k, half)).fit(hs[fit], z_[fit])
+    return np.atleast_1d(r2_score(z_[test], model.predict(hs[test]), multioutput="raw_values"))
 
 
 def r2(z: ArrayLike, h: ArrayLike, seed: int = 0) -> float:

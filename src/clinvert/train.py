@@ -300,19 +300,26 @@ class ImageData:
             per = metrics.mcc_per_dim(z, h, correlation)
             out["r2_per_factor"] = dict(zip(factors, out["r2_per_dim"], strict=True))
             out["mcc_per_factor"] = {f: float(v) for f, v in zip(factors, per, strict=True)}
+            knn = metrics.knn_r2_per_dim(z, h)
+            out["knn_r2_per_factor"] = {f: float(v) for f, v in zip(factors, knn, strict=True)}
             return out
         target = embed_latents(z, periodic)
         out = score(target, h, correlation)
-        cols = out.pop("r2_per_dim")
         linear = [f for f, p in zip(factors, periodic, strict=True) if not p]
         angles = [f for f, p in zip(factors, periodic, strict=True) if p]
-        per_factor = dict(zip(linear, cols[: len(linear)], strict=True))
-        k = len(angles)
-        for i, name in enumerate(angles):
-            per_factor[name] = 0.5 * (cols[len(linear) + i] + cols[len(linear) + k + i])
-        out["r2_per_factor"] = {f: float(per_factor[f]) for f in factors}
-        out["r2_per_dim"] = [out["r2_per_factor"][f] for f in factors]
+
+        def per_factor(cols: list[float]) -> dict[str, float]:
+            # an angle's two columns (cos, sin) follow the linear factors: average them
+            values = dict(zip(linear, cols[: len(linear)], strict=True))
+            k = len(angles)
+            for i, name in enumerate(angles):
+                values[name] = 0.5 * (cols[len(linear) + i] + cols[len(linear) + k + i])
+            return {f: float(values[f]) for f in factors}
+
+        out["r2_per_factor"] = per_factor(out.pop("r2_per_dim"))
+        out["r2_per_dim"] = list(out["r2_per_factor"].values())
         out["r2"] = float(np.mean(out["r2_per_dim"]))
+        out["knn_r2_per_factor"] = per_factor(list(metrics.knn_r2_per_dim(target, h)))
         return out
 
 

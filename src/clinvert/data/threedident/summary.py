@@ -4,6 +4,10 @@
 directory is read as the trainer left it (``config.yaml``, ``result.json``); the dataset's
 ``manifest.json`` (beside the run's ``data.train_dir`` / ``data.test_dir``) names the renderer and the
 number of images, so a table never hides which backend its images came from.
+
+Runs whose ``result.json`` holds ``final.knn_r2_per_factor`` (a held-out k-nearest-neighbour
+regression from f(x) to each factor) get a second table of it: a factor low in both tables is absent
+from the encoder's output, one low only in the first is there but not linearly.
 """
 
 from __future__ import annotations
@@ -63,11 +67,15 @@ def run_row(run: str | Path) -> dict[str, Any]:
         raise ConfigError(f"run: {run}/result.json has no final.r2_per_factor (not a 3DIdent run)")
     scores = {f: float(per_factor[f]) for f in FACTORS}
     mean = sum(scores.values()) / len(scores)
+    knn = final.get("knn_r2_per_factor")
+    model = describe_model(cfg)
+    if cfg.train.objective == "supervised":
+        model += " (supervised: regression on z)"
     positions_ok = all(scores[f] >= POSITION_AT_LEAST for f in POSITION_FACTORS)
     return {
         "run": run.name,
         "data": _data_label(cfg.data.train_dir, cfg.data.test_dir),
-        "model": describe_model(cfg),
+        "model": model,
         "process": describe_process(cfg),
         "steps": result.get("steps"),
         "batch_size": cfg.train.batch_size,
@@ -77,6 +85,7 @@ def run_row(run: str | Path) -> dict[str, Any]:
         "mcc": final.get("mcc"),
         "r2_per_factor": scores,
         "mean": mean,
+        "knn_r2_per_factor": {f: float(knn[f]) for f in FACTORS} if isinstance(knn, dict) else None,
         "meets_bar": positions_ok and mean >= MEAN_AT_LEAST,
     }
 
@@ -103,4 +112,18 @@ def markdown_table(runs: list[str | Path]) -> str:
             f"{_f(r['identity_r2'])} | {_f(r['r2'])} | {_f(r['mcc'])} | {factors} | "
             f"{r['mean']:.3f} | {'✓' if r['meets_bar'] else '✗ short'} |"
         )
+    probed = [r for r in rows if r["knn_r2_per_factor"]]
+    if probed:
+        lines += [
+            "",
+            "kNN R² per factor (held-out 10-nearest-neighbour regression from f(x); a diagnostic, "
+            "not the paper's metric):",
+            "",
+            "| run | " + " | ".join(FACTORS) + " | mean |",
+            "|" + "---|" * (len(FACTORS) + 2),
+        ]
+        for r in probed:
+            knn = r["knn_r2_per_factor"]
+            values = " | ".join(f"{knn[f]:.3f}" for f in FACTORS)
+            lines.append(f"| {r['run']} | {values} | {sum(knn.values()) / len(knn):.3f} |")
     return "\n".join(lines) + "\n"
