@@ -159,3 +159,41 @@ def test_blockwise_info_nce_matches_naive_across_many_row_blocks(
     a, b = noisy_pairs(11, 31, 4, 0.2, similarity)
     for tau in (1e-3, 0.5):  # tiny tau: logits in the thousands, the softmax nearly one-hot
         assert_matches_naive(a, b, similarity, p, tau)
+
+
+@pytest.mark.parametrize("similarity,p", [("cosine", 2.0), ("lp", 2.0)])
+@pytest.mark.parametrize("bounded", [True, False])
+def test_bounded_dot_path_and_row_maximum_path_both_match_naive(
+    monkeypatch, similarity, p, bounded
+) -> None:
+    import clinvert.losses as losses
+
+    monkeypatch.setattr(losses, "LOGIT_BLOCK_ELEMENTS", 100)  # 3 rows per block of 31 columns
+    monkeypatch.setattr(losses, "BOUNDED_SPAN", 1e9 if bounded else -1.0)
+    chosen = []
+    real = losses._dot_bounds
+
+    def spy(*args):
+        chosen.append(real(*args) is not None)
+        return real(*args)
+
+    monkeypatch.setattr(losses, "_dot_bounds", spy)
+    a, b = noisy_pairs(3, 31, 4, 0.2, similarity)
+    assert_matches_naive(a, b, similarity, p, 0.5)
+    assert chosen == [bounded]
+
+
+def test_bounded_path_only_where_exp_cannot_underflow() -> None:
+    from clinvert.losses import BOUNDED_SPAN, _dot_bounds
+
+    a = torch.nn.functional.normalize(
+        torch.randn(6144, 10, generator=torch.Generator().manual_seed(0))
+    )
+    # unit vectors, tau 0.1: logits within 2 / tau = 20 of their bound, + log B = 28.7 <= 80
+    shift, span = _dot_bounds(a / 0.1, a, None)
+    assert span == pytest.approx(20.0, rel=1e-5) and span + math.log(6144) <= BOUNDED_SPAN
+    assert torch.allclose(shift, torch.full((6144,), 10.0), rtol=1e-5)
+    assert _dot_bounds(a / 0.02, a, None) is None  # 2 / tau = 100: the row-maximum path
+    assert (
+        _dot_bounds(a / 0.1, a, torch.zeros(6144).index_fill_(0, torch.tensor([0]), -60.0)) is None
+    )

@@ -252,6 +252,42 @@ def _block_grads(
     return ga, gb
 
 
+#: Largest spread (max - min over a row, plus log B) of the logits for which the bounded "dot" path
+#: runs: every shifted logit and every log-softmax value stays above -80, so ``exp`` gives normal
+#: floats (float32's smallest is exp(-87.3)) and needs neither a row maximum nor a floor.
+BOUNDED_SPAN = 80.0
+
+
+def _dot_bounds(a: Tensor, b: Tensor, bias: Tensor | None) -> tuple[Tensor, float] | None:
+    """Per-row upper bounds of s_ij = a_i . b_j (+ bias_j) by Cauchy-Schwarz, when they are tight.
+
+    Returns ``(shift, span)``: ``shift_i >= max_j s_ij`` and ``span >= max_ij (shift_i - s_ij)``,
+    or None when the span (plus log B) exceeds ``BOUNDED_SPAN`` or the inputs are not on the CPU
+    (deciding needs the bound's value on the host: one sync per step on an accelerator, where the
+    row-maximum path costs little anyway). At the sphere rows' temperatures (cosine, tau >= 0.1,
+    unit vectors: span 2 / tau) it holds; at the small L2 temperatures of the box rows it does not.
+    """
+    if a.device.type != "cpu":
+        return None
+    norms = a.norm(dim=1)
+    b_max = b.norm(dim=1).max()
+    hi, lo = (bias.max(), bias.min()) if bias is not None else (0.0, 0.0)
+    span = float(2.0 * norms.max() * b_max + (hi - lo))
+    if not span + math.log(b.shape[0]) <= BOUNDED_SPAN:  # also False for NaN
+        return None
+    return norms * b_max + hi, span
+
+
+def _augmented(a: Tensor, b: Tensor, bias: Tensor | None, shift: Tensor) -> tuple[Tensor, Tensor]:
+    """[a, -shift, 1] and [b, 1, bias]: their product is a_i . b_j + bias_j - shift_i, one matmul."""
+    cols_a = [a, -shift[:, None]]
+    cols_b = [b, b.new_ones(b.shape[0], 1)]
+    if bias is not None:
+        cols_a.append(a.new_ones(a.shape[0], 1))
+        cols_b.append(bias[:, None])
+    return torch.cat(cols_a, 1), torch.cat(cols_b, 1)
+
+
 class _FusedInfoNCE(torch.autograd.Function):
     """mean_i [logsumexp_j s_ij - s_ii] over blocks of rows: s_ij = a_i . b_j (+ bias_j) or
     -||a_i - b_j||_p^p, with the temperature already folded into the inputs.
@@ -260,12 +296,32 @@ class _FusedInfoNCE(torch.autograd.Function):
     recomputes each block, turns it into softmax weights and contracts them with the inputs, the way
     attention kernels do. Memory O(block B) instead of several [B, B] matrices, and each block's
     passes run in cache.
+
+    The bounded "dot" path (:func:`_dot_bounds`): when the logits' spread is known to be small, the
+    shift (a per-row upper bound instead of the row maximum, and in the backward the log-sum-exp)
+    rides in the matrix product as an extra column, so a block costs one product, one ``exp`` and
+    one sum: no maximum, subtraction, floor, one-hot or scaling pass over [rows, B]. The one-hot and
+    the 1 / B scale are applied to the [rows, d] results instead.
     """
 
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, bias: Tensor | None, kind: str, p: float) -> Tensor:  # type: ignore[override]
         rows = a.shape[0]
         step = max(1, LOGIT_BLOCK_ELEMENTS // max(1, b.shape[0]))
+        bounds = _dot_bounds(a, b, bias) if kind == "dot" else None
+        ctx.bounded = bounds is not None
+        if bounds is not None:
+            shift = bounds[0]
+            a_aug, b_aug = _augmented(a, b, bias, shift)
+            lse = torch.empty_like(shift)
+            for start in range(0, rows, step):
+                blk = slice(start, min(rows, start + step))
+                total = (a_aug[blk] @ b_aug.T).exp_().sum(dim=1)  # each term in [e^-span, 1]
+                lse[blk] = shift[blk] + torch.log(total)
+            diag = (a * b).sum(dim=1) + (bias if bias is not None else 0.0)
+            ctx.save_for_backward(a, b, bias, lse)
+            ctx.kind, ctx.p, ctx.step = kind, p, step
+            return (lse - diag).mean()
         lse = a.new_empty(rows)
         diag = a.new_empty(rows)
         for start in range(0, rows, step):
@@ -285,6 +341,8 @@ class _FusedInfoNCE(torch.autograd.Function):
         a, b, bias, lse = ctx.saved_tensors
         rows = a.shape[0]
         scale = grad / rows
+        if ctx.bounded:
+            return _bounded_backward(a, b, bias, lse, scale, ctx.step)
         grad_a = torch.empty_like(a)
         grad_b = torch.zeros_like(b)
         grad_bias = torch.zeros_like(bias) if bias is not None else None
@@ -301,6 +359,33 @@ class _FusedInfoNCE(torch.autograd.Function):
             if grad_bias is not None:
                 grad_bias += weights.sum(0)
         return grad_a, grad_b, grad_bias, None, None
+
+
+def _bounded_backward(
+    a: Tensor, b: Tensor, bias: Tensor | None, lse: Tensor, scale: Tensor, step: int
+) -> tuple[Tensor, Tensor, Tensor | None, None, None]:
+    """Gradients of the bounded "dot" path: softmax weights w_ij = exp(s_ij - lse_i) from one
+    product (lse rides in as a column), then d/da_i = scale (sum_j w_ij b_j - b_i),
+    d/db_j = scale (sum_i w_ij a_i - a_j), d/dbias_j = scale (sum_i w_ij - 1).
+
+    Every w_ij >= exp(-BOUNDED_SPAN): no floor is needed and no denormal reaches a product.
+    """
+    rows = a.shape[0]
+    a_aug, b_aug = _augmented(a, b, bias, lse)
+    grad_a = torch.empty_like(a)
+    wa = torch.zeros_like(b)  # sum_i w_ij a_i
+    w_sum = torch.zeros_like(bias) if bias is not None else None
+    for start in range(0, rows, step):
+        blk = slice(start, min(rows, start + step))
+        weights = (a_aug[blk] @ b_aug.T).exp_()  # softmax over j
+        torch.mm(weights, b, out=grad_a[blk])
+        wa.addmm_(weights.T, a[blk])
+        if w_sum is not None:
+            w_sum += weights.sum(0)
+    grad_a.sub_(b).mul_(scale)
+    grad_b = wa.sub_(a).mul_(scale)
+    grad_bias = w_sum.sub_(1.0).mul_(scale) if w_sum is not None else None
+    return grad_a, grad_b, grad_bias, None, None
 
 
 def alignment(
