@@ -259,7 +259,8 @@ BOUNDED_SPAN = 80.0
 
 
 def _dot_bounds(a: Tensor, b: Tensor, bias: Tensor | None) -> tuple[Tensor, float] | None:
-    """Per-row upper bounds of s_ij = a_i . b_j (+ bias_j) by Cauchy-Schwarz, when they are tight.
+    """Per-row upper bounds of s_ij = a_i . b_j (+ bias_j) by Cauchy-Schwarz, when the spread they
+    leave is small enough for ``exp`` without a row maximum.
 
     Returns ``(shift, span)``: ``shift_i >= max_j s_ij`` and ``span >= max_ij (shift_i - s_ij)``,
     or None when the span (plus log B) exceeds ``BOUNDED_SPAN`` or the inputs are not on the CPU
