@@ -320,19 +320,17 @@ class _FusedInfoNCE(torch.autograd.Function):
                 total = (a_aug[blk] @ b_aug.T).exp_().sum(dim=1)  # each term in [e^-span, 1]
                 lse[blk] = shift[blk] + torch.log(total)
             diag = (a * b).sum(dim=1) + (bias if bias is not None else 0.0)
-            ctx.save_for_backward(a, b, bias, lse)
-            ctx.kind, ctx.p, ctx.step = kind, p, step
-            return (lse - diag).mean()
-        lse = a.new_empty(rows)
-        diag = a.new_empty(rows)
-        for start in range(0, rows, step):
-            blk = slice(start, min(rows, start + step))
-            s = _block_logits(a[blk], b, bias, kind, p)
-            idx = torch.arange(blk.start, blk.stop, device=a.device)
-            diag[blk] = s[idx - blk.start, idx]
-            top = s.amax(dim=1, keepdim=True)
-            total = s.sub_(top).clamp_min_(EXP_FLOOR).exp_().sum(dim=1)
-            lse[blk] = top.squeeze(1) + torch.log(total)
+        else:
+            lse = a.new_empty(rows)
+            diag = a.new_empty(rows)
+            for start in range(0, rows, step):
+                blk = slice(start, min(rows, start + step))
+                s = _block_logits(a[blk], b, bias, kind, p)
+                idx = torch.arange(blk.start, blk.stop, device=a.device)
+                diag[blk] = s[idx - blk.start, idx]
+                top = s.amax(dim=1, keepdim=True)
+                total = s.sub_(top).clamp_min_(EXP_FLOOR).exp_().sum(dim=1)
+                lse[blk] = top.squeeze(1) + torch.log(total)
         ctx.save_for_backward(a, b, bias, lse)
         ctx.kind, ctx.p, ctx.step = kind, p, step
         return (lse - diag).mean()
