@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from clinvert.models import InputNorm, make_model
+from clinvert.models.blockwise import blockwise_mlp
 from clinvert.models.heads import BoxHead, SphereHead, UnboundedHead
+from clinvert.models.mlp import MLPEncoder
 
 
 def test_paper_encoder_shapes_and_widths() -> None:
@@ -53,3 +55,38 @@ def test_input_norm_none_is_identity_and_rejects_unknown_kinds() -> None:
     assert torch.equal(InputNorm(3, "none").fit(x)(x), x)
     with pytest.raises(ValueError, match="input_norm"):
         InputNorm(3, "pca")
+
+
+@pytest.mark.parametrize("rows", [256, 1000, 4096])
+def test_blockwise_mlp_matches_the_layer_by_layer_stack(rows) -> None:
+    """Values and first derivatives (input, weights, biases) equal the plain stack's, for blocks
+    that divide the batch, leave a ragged last block, or hold the whole batch (float64: the sums
+    differ only in their order, so the tolerance is rounding)."""
+    torch.manual_seed(0)
+    enc = MLPEncoder(4, 3, widths=(10, 50, 10)).double()
+    x = torch.randn(2300, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2300, 3, dtype=torch.float64)
+    grads = {}
+    for mode in (False, True):
+        enc.blockwise, enc.block_rows = mode, rows
+        out = enc(x)
+        (gx, *gp) = torch.autograd.grad((out * weight).sum(), [x, *enc.parameters()])
+        grads[mode] = (out.detach(), gx, gp)
+    plain, block = grads[False], grads[True]
+    torch.testing.assert_close(block[0], plain[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(block[1], plain[1], rtol=1e-10, atol=1e-12)
+    for a, b in zip(block[2], plain[2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_blockwise_mlp_is_used_only_where_it_applies() -> None:
+    """Training on the CPU takes the blockwise function; evaluation and a zero slope do not."""
+    enc = MLPEncoder(3, 2, widths=(4, 4))
+    x = torch.randn(8, 3)
+    assert enc(x).grad_fn.name() == "_BlockwiseMLPBackward"
+    with torch.no_grad():
+        assert enc(x).grad_fn is None
+    relu = MLPEncoder(3, 2, widths=(4, 4), negative_slope=0.0)
+    assert not relu.blockwise and relu(x).grad_fn.name() != "_BlockwiseMLPBackward"
+    with pytest.raises(ValueError, match="negative_slope"):
+        blockwise_mlp(x, [enc.net[0].weight], [enc.net[0].bias], 0.0, 4)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
+
+from clinvert.models.blockwise import block_rows, blockwise_mlp
 
 #: Hidden widths of the paper's encoder as multiples of the input dimension n.
 PAPER_WIDTHS = (10, 50, 50, 50, 50, 10)
@@ -25,6 +28,11 @@ class MLPEncoder(nn.Module):
     paper's seven layers the outputs are nearly constant and InfoNCE starts on a plateau; He
     initialisation reached R^2 = 0.71 in 800 steps where the default reached 0.58 (sphere, vMF
     kappa = 10, tau = 0.1, batch 1024, Adam 1e-3).
+
+    With ``blockwise`` (the default), a CPU forward that records gradients runs the stack block of
+    rows by block of rows (:mod:`clinvert.models.blockwise`): the same values and gradients, ~10 %
+    less time at the paper's batch on this project's 2-core machine. Evaluation (no gradients),
+    CUDA and a slope of 0 take the plain layer-by-layer path.
     """
 
     def __init__(
@@ -33,6 +41,7 @@ class MLPEncoder(nn.Module):
         out_dim: int,
         widths: Sequence[int] = PAPER_WIDTHS,
         negative_slope: float = 0.2,
+        blockwise: bool = True,
     ) -> None:
         super().__init__()
         sizes = [in_dim, *(w * in_dim for w in widths), out_dim]
@@ -44,6 +53,9 @@ class MLPEncoder(nn.Module):
                 # slope): one activation-sized allocation and memory pass less per layer, ~5%.
                 layers.append(nn.LeakyReLU(negative_slope, inplace=negative_slope > 0))
         self.net = nn.Sequential(*layers)
+        self.negative_slope = negative_slope
+        self.blockwise = blockwise and negative_slope > 0
+        self.block_rows = block_rows(sizes)
         for layer in self.net:
             if isinstance(layer, nn.Linear):
                 nn.init.kaiming_normal_(layer.weight, a=negative_slope, nonlinearity="leaky_relu")
@@ -51,4 +63,10 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, n] -> [B, d]."""
+        if self.blockwise and x.device.type == "cpu" and torch.is_grad_enabled():
+            linears = [m for m in self.net if isinstance(m, nn.Linear)]
+            weights = [m.weight for m in linears]
+            if any(w.requires_grad for w in weights) or x.requires_grad:
+                biases = [m.bias for m in linears]
+                return blockwise_mlp(x, weights, biases, self.negative_slope, self.block_rows)
         return self.net(x)
