@@ -6,7 +6,8 @@ side by side, each case in a fresh subprocess (so peak resident memory is that c
 
 * the median step time and peak RSS of clinvert's step (``Trainer.train_step``) and of a naive
   reference step written here the way the paper's research code does it (latents sampled in numpy on
-  the host, the L_p similarity through a [B, B, n] difference tensor), and their ratio;
+  the host, the encoder layer by layer, the L_p similarity through a [B, B, n] difference tensor),
+  and their ratio;
 * where clinvert's step spends its time (sampling, mixing, forward, loss, backward, optimiser);
 * the roofline: the machine's float32 matmul throughput measured in the same run, and the step's
   achieved GFLOP/s (counted matmul FLOPs of encoder and loss, forward and backward) as a fraction of it.
@@ -118,6 +119,7 @@ def run_case(impl: str, name: str, batch: int, repeats: int) -> dict:
     import tempfile
 
     from clinvert.config import validate_config
+    from clinvert.models.mlp import MLPEncoder
     from clinvert.train import Trainer, build_experiment, make_optimizer
 
     cfg = validate_config(case_config(name, batch))
@@ -150,6 +152,9 @@ def run_case(impl: str, name: str, batch: int, repeats: int) -> dict:
     else:
         exp = build_experiment(cfg)
         model, mixing = exp.model, exp.mixing
+        for module in model.modules():  # the reference code's encoder runs layer by layer
+            if isinstance(module, MLPEncoder):
+                module.blockwise = False
         optimizer = make_optimizer(cfg, model)
         rng = np.random.default_rng(0)
         _, _, _, similarity, p, tau = CASES[name]
@@ -165,14 +170,79 @@ def run_case(impl: str, name: str, batch: int, repeats: int) -> dict:
 
     step()  # warm-up
     phases.clear()
+    peak = PeakSampler() if impl == "clinvert" else None
+    fractions = []
     for _ in range(repeats):
+        gflops = peak() if peak is not None else None
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
+        if gflops is not None:
+            fractions.append(step_flops(name, batch) / times[-1] / 1e9 / gflops)
     out = {"seconds": float(np.median(times)), "peak_mib": _peak_mib()}
     if phases:
         out["phases"] = {k: float(np.median(v)) for k, v in phases.items()}
+    if fractions:
+        out["paired_fraction_of_peak"] = float(np.median(fractions))
     return out
+
+
+class PeakSampler:
+    """The float32 matmul throughput right now: the best of five 3072 x 3072 products (GFLOP/s).
+
+    Called just before each timed step, so that each step is compared with the machine's speed at
+    that moment: this machine's speed drifts by up to ~20 % within minutes (the best-of-seven peak
+    ranged 275-341 GFLOP/s between runs of one session), which moved a peak measured once, in
+    another process, by as much as the step itself.
+    """
+
+    def __init__(self, size: int = 3072) -> None:
+        self.a, self.b = torch.randn(size, size), torch.randn(size, size)
+        self.flops = 2 * size**3
+        self.a @ self.b  # warm-up
+
+    def __call__(self) -> float:
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            self.a @ self.b
+            best = min(best, time.perf_counter() - start)
+        return self.flops / best / 1e9
+
+
+def run_ablation(name: str, batch: int, repeats: int) -> dict:
+    """clinvert's step with the blockwise encoder and with the layer-by-layer one, alternating in
+    one process (the machine's drift hits both alike): median seconds of each, and the median
+    fraction of the matmul peak measured just before each round."""
+    import tempfile
+
+    from clinvert.config import validate_config
+    from clinvert.models.mlp import MLPEncoder
+    from clinvert.train import Trainer
+
+    trainer = Trainer(validate_config(case_config(name, batch)), tempfile.mkdtemp(), progress=False)
+    encoders = [m for m in trainer.exp.model.modules() if isinstance(m, MLPEncoder)]
+    peak, flops = PeakSampler(), step_flops(name, batch) / 1e9
+    modes = ("blockwise", "layer_by_layer")
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    fractions: dict[str, list[float]] = {mode: [] for mode in modes}
+    for rep in range(max(repeats, 5) + 1):
+        gflops = peak()
+        for mode in modes:
+            for enc in encoders:
+                enc.blockwise = mode == "blockwise"
+            start = time.perf_counter()
+            trainer.train_step()
+            if rep:  # the first round warms up
+                times[mode].append(time.perf_counter() - start)
+                fractions[mode].append(flops / times[mode][-1] / gflops)
+    return {
+        mode: {
+            "seconds": float(np.median(times[mode])),
+            "paired": float(np.median(fractions[mode])),
+        }
+        for mode in modes
+    }
 
 
 PHASES = ("sample", "mixing", "forward", "loss", "backward", "optimizer")
@@ -220,7 +290,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.case:
         impl, name = args.case.split(":")
-        print(json.dumps(run_case(impl, name, args.batch, args.repeats)))
+        if impl == "ablation":
+            print(json.dumps(run_ablation(name, args.batch, args.repeats)))
+        else:
+            print(json.dumps(run_case(impl, name, args.batch, args.repeats)))
         return
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
@@ -233,7 +306,7 @@ def main() -> None:
     )
     header = (
         f"{'case':8s}{'naive s':>9s}{'clinvert s':>12s}{'speed-up':>10s}{'naive MiB':>11s}"
-        f"{'clinvert MiB':>14s}{'GFLOP/s':>9s}{'of peak':>9s}"
+        f"{'clinvert MiB':>14s}{'GFLOP/s':>9s}{'of peak':>9s}{'paired':>8s}"
     )
     print(header)
     record = {"batch": args.batch, "threads": torch.get_num_threads(), "matmul_gflops": peak}
@@ -253,13 +326,34 @@ def main() -> None:
         print(
             f"{name:8s}{n['seconds']:9.3f}{c['seconds']:12.3f}{n['seconds'] / c['seconds']:9.1f}x"
             f"{n['peak_mib']:11.0f}{c['peak_mib']:14.0f}{gflops:9.1f}{gflops / peak:8.0%}"
+            f"{c['paired_fraction_of_peak']:8.0%}"
         )
         record[name] = {**row, "gflops": gflops, "fraction_of_peak": gflops / peak}
+    print(
+        "of peak: against the peak above; paired: the median over timed steps of each step against "
+        "a matmul peak measured just before it, in the same process"
+    )
     print("\nwhere clinvert's step goes (median seconds per phase):")
     print(f"{'case':8s}" + "".join(f"{p:>11s}" for p in PHASES))
     for name in cases:
         ph = record[name]["clinvert"]["phases"]
         print(f"{name:8s}" + "".join(f"{ph[p]:11.3f}" for p in PHASES))
+    if "cosine" in cases:  # the blockwise encoder against the layer-by-layer one, side by side
+        cmd = [sys.executable, __file__, "--batch", str(args.batch), "--repeats"]
+        cmd += [str(args.repeats), "--case", "ablation:cosine"]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(f"bench_step: ablation:cosine failed:\n{out.stderr[-2000:]}")
+        abl = json.loads(out.stdout.strip().splitlines()[-1])
+        blk, lbl = abl["blockwise"], abl["layer_by_layer"]
+        print(
+            "\ncosine step, encoder blockwise against layer by layer (alternating, one process): "
+            f"{blk['seconds']:.3f} s ({blk['paired']:.0%} of the paired peak) against "
+            f"{lbl['seconds']:.3f} s ({lbl['paired']:.0%}), {lbl['seconds'] / blk['seconds']:.2f}x"
+        )
+        record["cosine_encoder_ablation"] = abl
     after = matmul_gflops()  # again at the end: the larger of the two is the reference
     if after > peak:
         again = ", ".join(f"{n} {record[n]['gflops'] / after:.0%}" for n in cases)

@@ -43,6 +43,7 @@ from clinvert.latents import LatentProcess, make_conditional, make_marginal, mak
 from clinvert.losses import InfoNCE
 from clinvert.mixing import InvertibleMLP
 from clinvert.models import Model, make_model
+from clinvert.runtime import keep_freed_memory
 
 #: Independent random streams derived from the training seed.
 STREAM_TRAIN, STREAM_EVAL, STREAM_TEST, STREAM_INIT, STREAM_INPUT_NORM = 0, 1, 2, 3, 4
@@ -425,6 +426,9 @@ class Trainer:
         # below 1.2e-38 are far under float32's rounding of the loss. Set last, because building the
         # experiment (LAPACK calls) can reset the flag; process-wide; no effect on GPUs.
         torch.set_flush_denormal(True)
+        if self.device.type == "cpu":
+            # Reuse freed activations instead of faulting fresh pages in every step (clinvert.runtime).
+            keep_freed_memory()
 
     # ----- data --------------------------------------------------------------------------------
     def _fresh_latents(self, stream: int) -> Tensor:

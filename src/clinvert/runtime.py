@@ -1,0 +1,51 @@
+"""Process-wide settings of the C runtime that a CPU training loop benefits from.
+
+A training step on the CPU allocates and frees the same large tensors every step (at batch 6144
+each activation of the paper's encoder is 24.6 MB). glibc's malloc by default serves blocks above
+its (dynamic) mmap threshold with fresh ``mmap`` pages and returns freed memory at the top of the
+heap to the kernel once it exceeds the trim threshold, so every step faults tens of MiB of new pages
+back in: measured 45-75 MiB and 20-50 ms of system time per cosine step at batch 6144 on this
+project's 2-core machine, against ~0 with the thresholds raised (step 0.347 -> 0.325 s, mean of
+three alternating processes, 2 threads).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+#: glibc's ``mallopt`` parameter numbers (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+#: Blocks below this come from the heap (reused between steps) rather than fresh mmap pages.
+MMAP_THRESHOLD = 256 * 2**20
+#: Free memory at the top of the heap is returned to the kernel only beyond this.
+TRIM_THRESHOLD = 1024 * 2**20
+
+_applied = False
+
+
+def keep_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds so that freed tensors are reused, not re-faulted.
+
+    Process-wide and idempotent. The cost: up to :data:`TRIM_THRESHOLD` of freed memory stays
+    mapped to the process (a training run's peak is reached every step anyway). Returns True when
+    applied (Linux with glibc), False where the C library has no ``mallopt`` (macOS, musl, Windows).
+    """
+    global _applied
+    if _applied:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    ok = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
+    _applied = ok
+    return ok
