@@ -242,8 +242,8 @@ def _block_grads(
     a: Tensor, b: Tensor, weights: Tensor, kind: str, p: float
 ) -> tuple[Tensor, Tensor]:
     """(d/da, d/db) of sum_ij weights_ij s_ij for one block of rows of ``a``."""
-    if kind == "dot":
-        return weights @ b, weights.T @ a
+    if kind == "dot":  # skinny side first, as in _bounded_backward (2-3x faster with MKL)
+        return (b.T @ weights.T).T, (a.T @ weights).T
     if _fused_ok(a, b, p):
         return kernels.lp_backward(a, b, weights, p)
     with torch.enable_grad():
@@ -372,17 +372,21 @@ def _bounded_backward(
     rows = a.shape[0]
     a_aug, b_aug = _augmented(a, b, bias, lse)
     grad_a = torch.empty_like(a)
-    wa = torch.zeros_like(b)  # sum_i w_ij a_i
+    b_t = b.T.contiguous()
+    wa_t = a.new_zeros(a.shape[1], b.shape[0])  # sum_i w_ij a_i, transposed: [d, B]
     w_sum = torch.zeros_like(bias) if bias is not None else None
     for start in range(0, rows, step):
         blk = slice(start, min(rows, start + step))
         weights = (a_aug[blk] @ b_aug.T).exp_()  # softmax over j
-        torch.mm(weights, b, out=grad_a[blk])
-        wa.addmm_(weights.T, a[blk])
+        # Both contractions with the skinny side (d columns) as the product's rows: [d, rows] x
+        # [rows, B] took 0.35 ms where [B, rows] x [rows, d] took 1.11, and [d, B] x [B, rows] 0.66
+        # where [rows, B] x [B, d] took 0.92 (a [341, 6144] block, 2 threads, MKL).
+        grad_a[blk] = torch.mm(b_t, weights.T).T
+        wa_t.addmm_(a[blk].T, weights)
         if w_sum is not None:
             w_sum += weights.sum(0)
     grad_a.sub_(b).mul_(scale)
-    grad_b = wa.sub_(a).mul_(scale)
+    grad_b = wa_t.T.sub(a).mul_(scale).contiguous()
     grad_bias = w_sum.sub_(1.0).mul_(scale) if w_sum is not None else None
     return grad_a, grad_b, grad_bias, None, None
 

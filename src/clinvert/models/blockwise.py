@@ -11,8 +11,11 @@ cache, and in the backward the gradient of that block walks back through every l
 the weight gradients with ``addmm_`` and applying the LeakyReLU derivative in place. The matrix
 products are the same products on fewer rows; the saved activations are the same (one per hidden
 layer). Measured on this project's 2-core machine at 12288 rows and the paper's encoder (10n -> 50n
-x4 -> 10n, n = 10), forward + backward: 0.30 -> 0.27 s on 2 threads, 0.50 -> 0.46 s on 1 (blocks of
-512 to 3072 rows alike).
+x4 -> 10n, n = 10), forward + backward, before the trainer kept freed memory mapped
+(:mod:`clinvert.runtime`): 0.30 -> 0.27 s on 2 threads, 0.50 -> 0.46 s on 1 (blocks of 512 to 3072
+rows alike). With that allocator setting much of the layer-by-layer path's cost (fresh pages for its
+fresh tensors) is gone too, and the whole cosine training step gains 2-4 % (0.302 -> 0.290 s and
+0.301 -> 0.295 s, alternating in one process, 2 threads).
 
 The LeakyReLU backward reads the layer's *output* (its sign is the input's sign for a positive
 slope), so the slope must be > 0. Only first derivatives are available (no double backward).

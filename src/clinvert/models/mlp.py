@@ -30,9 +30,9 @@ class MLPEncoder(nn.Module):
     kappa = 10, tau = 0.1, batch 1024, Adam 1e-3).
 
     With ``blockwise`` (the default), a CPU forward that records gradients runs the stack block of
-    rows by block of rows (:mod:`clinvert.models.blockwise`): the same values and gradients, ~10 %
-    less time at the paper's batch on this project's 2-core machine. Evaluation (no gradients),
-    CUDA and a slope of 0 take the plain layer-by-layer path.
+    rows by block of rows (:mod:`clinvert.models.blockwise`): the same values and gradients, 2-4 %
+    less time per training step at the paper's batch on this project's 2-core machine. Evaluation
+    (no gradients), CUDA and a slope of 0 take the plain layer-by-layer path.
     """
 
     def __init__(
