@@ -200,11 +200,12 @@ class PeakSampler:
     def __init__(self, size: int = 3072) -> None:
         self.a, self.b = torch.randn(size, size), torch.randn(size, size)
         self.flops = 2 * size**3
-        self.a @ self.b  # warm-up
+        for _ in range(2):  # warm-up
+            self.a @ self.b
 
-    def __call__(self) -> float:
+    def __call__(self, repeats: int = 5) -> float:
         best = float("inf")
-        for _ in range(5):
+        for _ in range(repeats):
             start = time.perf_counter()
             self.a @ self.b
             best = min(best, time.perf_counter() - start)
@@ -256,15 +257,7 @@ def matmul_gflops(repeats: int = 7, size: int = 3072) -> float:
     (A median of five 2048 products varied from 200 to 271 GFLOP/s between runs on 2 threads, which
     moved the step's "of peak" by 14 points; the best is the conservative reference.)
     """
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / min(times) / 1e9
+    return PeakSampler(size)(repeats)
 
 
 def step_flops(name: str, batch: int) -> float:
