@@ -97,6 +97,20 @@ def test_config_round_trips_through_yaml(tmp_path: Path) -> None:
     assert load_config(path) == cfg
 
 
+def test_self_negative_appears_in_the_resolved_config_only_when_on(tmp_path: Path) -> None:
+    from clinvert.config import describe_model
+
+    off = load_config(None, [])
+    assert "self_negative" not in off.to_dict()["model"]  # old run directories stay resumable
+    on = load_config(None, ["model.self_negative=true"])
+    assert on.to_dict()["model"]["self_negative"] is True
+    assert describe_model(on).endswith(", self-negative")
+    path = tmp_path / "c.yaml"
+    path.write_text(on.to_yaml())
+    assert load_config(path) == on
+    assert "model.self_negative" in error_for(["model.self_negative=maybe"])
+
+
 def test_missing_and_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "nope.yaml")

@@ -10,13 +10,23 @@ import torch
 from clinvert.losses import InfoNCE, alignment, info_nce, uniformity
 
 
-def naive_info_nce(a: torch.Tensor, b: torch.Tensor, similarity: str, p: float, tau: float):
+def naive_info_nce(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    similarity: str,
+    p: float,
+    tau: float,
+    self_negative: bool = False,
+):
     if similarity == "cosine":
         s = (a[:, None, :] * b[None, :, :]).sum(-1)
+        own = (a * a).sum(-1)
     else:
         s = -(a[:, None, :] - b[None, :, :]).abs().pow(p).sum(-1)
-    s = s / tau
-    terms = [-(s[i, i] - torch.logsumexp(s[i], 0)) for i in range(a.shape[0])]
+        own = torch.zeros_like(a[:, 0])
+    s, own = s / tau, own / tau
+    rows = [torch.cat([s[i], own[i : i + 1]]) if self_negative else s[i] for i in range(len(a))]
+    terms = [-(s[i, i] - torch.logsumexp(rows[i], 0)) for i in range(a.shape[0])]
     return torch.stack(terms).mean()
 
 
@@ -33,12 +43,14 @@ def noisy_pairs(seed: int, rows: int, dim: int, noise: float, similarity: str):
     return a, b
 
 
-def assert_matches_naive(a, b, similarity: str, p: float, tau: float) -> None:
+def assert_matches_naive(
+    a, b, similarity: str, p: float, tau: float, self_negative: bool = False
+) -> None:
     """info_nce and the naive reference agree in value and in both gradients."""
     a1, b1 = a.clone().requires_grad_(), b.clone().requires_grad_()
     a2, b2 = a.clone().requires_grad_(), b.clone().requires_grad_()
-    ours = info_nce(a1, b1, similarity=similarity, p=p, tau=tau)
-    ref = naive_info_nce(a2, b2, similarity, p, tau)
+    ours = info_nce(a1, b1, similarity=similarity, p=p, tau=tau, self_negative=self_negative)
+    ref = naive_info_nce(a2, b2, similarity, p, tau, self_negative)
     torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
     ours.backward()
     ref.backward()
@@ -60,6 +72,41 @@ def test_info_nce_is_alignment_plus_uniformity_plus_log_batch(similarity, p) -> 
     kw = {"similarity": similarity, "p": p, "tau": 0.5}
     total = alignment(a, b, **kw) + uniformity(a, b, **kw) + math.log(17)
     torch.testing.assert_close(info_nce(a, b, **kw), total)
+
+
+@pytest.mark.parametrize("similarity,p", CASES)
+@pytest.mark.parametrize("fused", [True, False])
+def test_self_negative_matches_naive_in_every_path(monkeypatch, similarity, p, fused) -> None:
+    import clinvert.losses as losses
+
+    monkeypatch.setattr(losses, "LOGIT_BLOCK_ELEMENTS", 100)  # 3 rows per block of 31 columns
+    monkeypatch.setattr(losses, "USE_FUSED_KERNELS", fused and losses.USE_FUSED_KERNELS)
+    a, b = noisy_pairs(5, 31, 4, 0.2, similarity)
+    for tau in (1e-3, 0.5):  # tiny tau: the self term (logit 0 for L_p) dominates many rows
+        assert_matches_naive(a, b, similarity, p, tau, self_negative=True)
+    kw = {"similarity": similarity, "p": p, "tau": 0.5, "self_negative": True}
+    total = alignment(a, b, **{k: v for k, v in kw.items() if k != "self_negative"})
+    total = total + uniformity(a, b, **kw) + math.log(31)
+    torch.testing.assert_close(info_nce(a, b, **kw), total)
+
+
+def test_self_negative_keeps_the_loss_from_vanishing_as_the_scale_grows() -> None:
+    # Positives nearer than every negative: scaling all encodings by c multiplies every L_p^p
+    # distance by c^p. The plain loss, log(1 + sum_j exp(-(d_ij - d_ii) / tau)), then falls to 0
+    # (no gradient left); with the anchor among its negatives the loss is at least the alignment
+    # term d_ii / tau, which grows like c^p: the scale cannot run away.
+    gen = torch.Generator().manual_seed(2)
+    a = torch.rand(64, 10, generator=gen, dtype=torch.float64)
+    b = a + 1e-2 * torch.randn(64, 10, generator=gen, dtype=torch.float64)
+    kw = {"similarity": "lp", "p": 3.0, "tau": 1.25e-4}
+    scales = (0.1, 0.25, 1.0, 4.0)
+    plain = [float(info_nce(c * a, c * b, **kw)) for c in scales]
+    own = [float(info_nce(c * a, c * b, self_negative=True, **kw)) for c in scales]
+    align = [float(alignment(c * a, c * b, **kw)) for c in scales]
+    assert plain[0] > plain[1] > plain[2] and plain[2] < 1e-12 and plain[3] < 1e-12
+    assert all(o >= al for o, al in zip(own, align, strict=True))
+    assert own[3] > own[2] > own[1]  # an optimum at a finite scale, not at infinity
+    assert own[3] == pytest.approx(align[3], abs=0.05)  # far out: alignment + log(1 + ~0)
 
 
 def test_info_nce_of_identical_points_is_log_batch() -> None:

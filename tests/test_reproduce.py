@@ -170,6 +170,18 @@ def test_reproduce_reruns_a_run_whose_row_config_changed(configs: Path, tmp_path
     row.write_text(yaml.safe_dump(data))
     assert main(args) == 0
     assert result.stat().st_mtime_ns == stamp
+    # A field of the contrastive loss only: the contrastive run is stale, the supervised one (a
+    # regression on z that never reads the loss) is kept.
+    supervised = result.parents[1] / "supervised" / "result.json"
+    sup_stamp = supervised.stat().st_mtime_ns
+    data["model"]["self_negative"] = True
+    row.write_text(yaml.safe_dump(data))
+    assert main(args + ["--collect"]) == 0
+    assert json.loads((out / "table2.json").read_text())[0]["missing"] == ["contrastive seed0"]
+    assert main(args) == 0
+    assert supervised.stat().st_mtime_ns == sup_stamp
+    assert result.stat().st_mtime_ns != stamp
+    stamp = result.stat().st_mtime_ns
     data["profiles"]["quick"]["train"]["lr"] = 2e-3  # the setting changed: its scores are stale
     row.write_text(yaml.safe_dump(data))
     assert main(args + ["--collect"]) == 0

@@ -4,7 +4,8 @@ A run configuration has five sections (see README, "Config format"), and an opti
 
     latent:  dim, space, box, marginal{name, ...}, conditional{name, ...}
     mixing:  layers, seed, cond_quantile, cond_trials, weights
-    model:   encoder, stem, widths, output, learnable_scale, scale, similarity, p, tau
+    model:   encoder, stem, widths, output, learnable_scale, scale, similarity, p, tau,
+             self_negative
     train:   batch_size, steps, lr, optimizer, schedule, warmup_steps, seed, device, checkpoint_every
     eval:    every, samples, correlation
     data:    source (synthetic | threedident), train_dir, test_dir, workers
@@ -153,6 +154,9 @@ class ModelConfig(_Section):
     similarity: Literal["cosine", "lp"] = "cosine"
     p: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 2.0
     tau: PositiveFloat = 1.0
+    #: Count each anchor among its own negatives (exp(s(a, a) / tau) in the denominator), as the
+    #: paper's code does; see :func:`clinvert.losses.info_nce`.
+    self_negative: bool = False
 
 
 class TrainConfig(_Section):
@@ -234,14 +238,17 @@ class RunConfig(_Section):
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-ready dictionary of the full resolved config.
 
-        Synthetic runs leave out ``data`` and ``model.stem`` (neither applies to them), so their
-        resolved config is unchanged by the image path and old run directories stay resumable.
+        Synthetic runs leave out ``data`` and ``model.stem`` (neither applies to them), and every
+        run leaves out ``model.self_negative`` while it is false, so resolved configs read as they
+        did before those options existed and old run directories stay resumable.
         """
         out = self.model_dump(mode="json")
         if self.data.source == "synthetic" and self.data == DataConfig():
             del out["data"]
         if self.model.encoder == "mlp" and self.model.stem == "imagenet":
             del out["model"]["stem"]
+        if not self.model.self_negative:
+            del out["model"]["self_negative"]
         return out
 
     @property
@@ -290,7 +297,8 @@ def describe_model(cfg: RunConfig) -> str:
     space = "R^n" if m.output == "unbounded" else m.output
     loss = "cosine" if m.similarity == "cosine" else f"L{m.p:g}"
     learn = " (learnable scale)" if m.learnable_scale else ""
-    return f"{space}{learn}, {loss}, τ={m.tau:g}"
+    own = ", self-negative" if m.self_negative else ""
+    return f"{space}{learn}, {loss}, τ={m.tau:g}{own}"
 
 
 # ----- validation ------------------------------------------------------------------------------------

@@ -187,6 +187,7 @@ def info_nce(
     similarity: str = "cosine",
     p: float = 2.0,
     tau: float = 1.0,
+    self_negative: bool = False,
 ) -> Tensor:
     """InfoNCE: mean_i [ -log softmax_j( s(anchor_i, positive_j) / tau )[i] ].
 
@@ -196,6 +197,12 @@ def info_nce(
         similarity: ``"cosine"`` (s = a.b, inputs used as given) or ``"lp"`` (s = -||a - b||_p^p).
         p: exponent of the ``lp`` similarity, >= 1.
         tau: temperature, > 0.
+        self_negative: also count each anchor among its own negatives: the term
+            exp(s(anchor_i, anchor_i) / tau) joins row i's denominator (exp(0) = 1 for ``lp``), as in
+            the paper's code, whose negatives are the anchors themselves, row i's own included. The
+            loss is then at least the alignment term: it cannot fall to 0 by growing the output
+            scale once every positive is nearer than every negative (the saturation in which the
+            plain loss, log(1 + sum_j!=i exp((s_ij - s_ii) / tau)), stops giving gradient).
 
     Returns:
         The scalar loss.
@@ -206,16 +213,25 @@ def info_nce(
         True
     """
     _check(anchor, positive, similarity, p, tau)
+    # The self term's logit in each path's convention (None: no self term). Cosine: a.a / tau. L2:
+    # the dot path drops -||a_i||^2 / tau from row i, so the self term's 0 becomes +||a_i||^2 / tau.
+    # Other L_p: 0. Its gradient flows through autograd into the anchor.
+    extra = None
+    if self_negative:
+        if similarity == "cosine" or p == 2.0:
+            extra = (anchor * anchor).sum(-1) / tau
+        else:
+            extra = anchor.new_zeros(anchor.shape[0])
     if similarity == "cosine":  # s/tau = (a/tau) . b: scale the [B, d] input, not the [B, B] matrix
-        return _FusedInfoNCE.apply(anchor / tau, positive, None, "dot", 2.0)
+        return _FusedInfoNCE.apply(anchor / tau, positive, None, "dot", 2.0, extra)
     if p == 2.0:
         # -||a_i - b_j||^2 / tau = (2 a_i . b_j - ||b_j||^2) / tau - ||a_i||^2 / tau; the last term
         # is constant along each row of the softmax, so it cancels in the loss exactly.
         bias = -(positive * positive).sum(-1) / tau
-        return _FusedInfoNCE.apply(anchor * (2.0 / tau), positive, bias, "dot", 2.0)
+        return _FusedInfoNCE.apply(anchor * (2.0 / tau), positive, bias, "dot", 2.0, extra)
     # ||a - b||_p^p / tau = ||a / tau^(1/p) - b / tau^(1/p)||_p^p
     scale = tau ** (-1.0 / p)
-    return _FusedInfoNCE.apply(anchor * scale, positive * scale, None, "lp", float(p))
+    return _FusedInfoNCE.apply(anchor * scale, positive * scale, None, "lp", float(p), extra)
 
 
 #: Elements of one [rows, B] block of logits in the fused InfoNCE (8 MiB float32: stays in cache).
@@ -306,10 +322,13 @@ class _FusedInfoNCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, bias: Tensor | None, kind: str, p: float) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, a: Tensor, b: Tensor, bias: Tensor | None, kind: str, p: float, extra: Tensor | None
+    ) -> Tensor:
         rows = a.shape[0]
         step = max(1, LOGIT_BLOCK_ELEMENTS // max(1, b.shape[0]))
-        bounds = _dot_bounds(a, b, bias) if kind == "dot" else None
+        # The bounded path's no-denormal guarantee holds for the B columns only: off with ``extra``.
+        bounds = _dot_bounds(a, b, bias) if kind == "dot" and extra is None else None
         ctx.bounded = bounds is not None
         if bounds is not None:
             shift = bounds[0]
@@ -331,17 +350,21 @@ class _FusedInfoNCE(torch.autograd.Function):
                 top = s.amax(dim=1, keepdim=True)
                 total = s.sub_(top).clamp_min_(EXP_FLOOR).exp_().sum(dim=1)
                 lse[blk] = top.squeeze(1) + torch.log(total)
-        ctx.save_for_backward(a, b, bias, lse)
+        if extra is not None:
+            lse = torch.logaddexp(lse, extra)
+        ctx.save_for_backward(a, b, bias, lse, extra)
         ctx.kind, ctx.p, ctx.step = kind, p, step
         return (lse - diag).mean()
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        a, b, bias, lse = ctx.saved_tensors
+        a, b, bias, lse, extra = ctx.saved_tensors
         rows = a.shape[0]
         scale = grad / rows
         if ctx.bounded:
-            return _bounded_backward(a, b, bias, lse, scale, ctx.step)
+            return (*_bounded_backward(a, b, bias, lse, scale, ctx.step), None)
+        # d/d extra_i of logaddexp(lse_i, extra_i) is the extra term's own softmax weight.
+        grad_extra = (extra - lse).exp_().mul_(scale) if extra is not None else None
         grad_a = torch.empty_like(a)
         grad_b = torch.zeros_like(b)
         grad_bias = torch.zeros_like(bias) if bias is not None else None
@@ -357,7 +380,7 @@ class _FusedInfoNCE(torch.autograd.Function):
             grad_b += gb
             if grad_bias is not None:
                 grad_bias += weights.sum(0)
-        return grad_a, grad_b, grad_bias, None, None
+        return grad_a, grad_b, grad_bias, None, None, grad_extra
 
 
 def _bounded_backward(
@@ -411,14 +434,19 @@ def uniformity(
     similarity: str = "cosine",
     p: float = 2.0,
     tau: float = 1.0,
+    self_negative: bool = False,
 ) -> Tensor:
     """Uniformity term mean_i [ logsumexp_j s(anchor_i, positive_j) / tau ] - log B.
 
-    With these definitions ``info_nce == alignment + uniformity + log B`` exactly; as B grows the
-    uniformity term tends to the (negative) log-partition of the model's conditional.
+    With these definitions ``info_nce == alignment + uniformity + log B`` exactly (for the same
+    ``self_negative``, which adds s(anchor_i, anchor_i) / tau to row i's log-sum-exp); as B grows
+    the uniformity term tends to the (negative) log-partition of the model's conditional.
     """
     scores = logits(anchor, positive, similarity=similarity, p=p, tau=tau)
-    return torch.logsumexp(scores, dim=1).mean() - math.log(scores.shape[0])
+    if self_negative:
+        own = SIMILARITIES[similarity][1](anchor, anchor, p) / tau
+        scores = torch.cat([scores, own[:, None]], dim=1)
+    return torch.logsumexp(scores, dim=1).mean() - math.log(positive.shape[0])
 
 
 class InfoNCE(nn.Module):
@@ -435,17 +463,32 @@ class InfoNCE(nn.Module):
         True
     """
 
-    def __init__(self, similarity: str = "cosine", p: float = 2.0, tau: float = 1.0) -> None:
+    def __init__(
+        self,
+        similarity: str = "cosine",
+        p: float = 2.0,
+        tau: float = 1.0,
+        self_negative: bool = False,
+    ) -> None:
         super().__init__()
         _check(torch.zeros(1, 1), torch.zeros(1, 1), similarity, p, tau)
         self.similarity, self.p, self.tau = similarity, float(p), float(tau)
+        self.self_negative = bool(self_negative)
 
     def forward(self, anchor: Tensor, positive: Tensor) -> Tensor:
         """Scalar loss for [B, d] anchors and positives."""
-        return info_nce(anchor, positive, similarity=self.similarity, p=self.p, tau=self.tau)
+        return info_nce(
+            anchor,
+            positive,
+            similarity=self.similarity,
+            p=self.p,
+            tau=self.tau,
+            self_negative=self.self_negative,
+        )
 
     def extra_repr(self) -> str:
-        return f"similarity={self.similarity!r}, p={self.p}, tau={self.tau}"
+        own = ", self_negative=True" if self.self_negative else ""
+        return f"similarity={self.similarity!r}, p={self.p}, tau={self.tau}{own}"
 
 
 LOSSES: dict[str, Callable[..., Tensor]] = {"info_nce": info_nce}

@@ -64,10 +64,30 @@ def read_result(path: Path) -> dict[str, Any] | None:
         return None
 
 
+#: Model fields that only shape the contrastive loss: a supervised run (regression on z) never
+#: reads them, so changing them does not make its result stale.
+LOSS_ONLY_FIELDS = ("similarity", "p", "tau", "self_negative")
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config without what cannot change its run's result."""
+    config.pop("claims", None)
+    train, model = config.get("train"), config.get("model")
+    if (
+        isinstance(train, dict)
+        and train.get("objective") == "supervised"
+        and isinstance(model, dict)
+    ):
+        for field in LOSS_ONLY_FIELDS:
+            model.pop(field, None)
+    return config
+
+
 def _is_stale(out: Path, resolved_yaml: str) -> bool:
     """Whether the run in ``out`` was made from another config than ``resolved_yaml``.
 
-    ``claims`` are left out: they say what a score should reach and never change a run.
+    ``claims`` are left out: they say what a score should reach and never change a run. So are,
+    for a supervised run, the fields of the contrastive loss (``LOSS_ONLY_FIELDS``).
     """
     file = out / "config.yaml"
     if not file.exists():
@@ -79,9 +99,7 @@ def _is_stale(out: Path, resolved_yaml: str) -> bool:
     new = yaml.safe_load(resolved_yaml)
     if not isinstance(old, dict):
         return True
-    old.pop("claims", None)
-    new.pop("claims", None)
-    return old != new
+    return _comparable(old) != _comparable(new)
 
 
 def current_result(spec: RunSpec) -> dict[str, Any] | None:

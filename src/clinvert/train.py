@@ -157,7 +157,12 @@ def build_experiment(
         gen = make_generator(derive_seed(cfg.train.seed, STREAM_INPUT_NORM), device)
         z = process.sample_marginal(INPUT_NORM_SAMPLES, gen, device)
         model.input_norm.fit(mixing(z))
-    loss = InfoNCE(cfg.model.similarity, p=cfg.model.p, tau=cfg.model.tau)
+    loss = InfoNCE(
+        cfg.model.similarity,
+        p=cfg.model.p,
+        tau=cfg.model.tau,
+        self_negative=cfg.model.self_negative,
+    )
     return Experiment(cfg, device, process, mixing, model, loss)
 
 
@@ -165,7 +170,12 @@ def _build_image_experiment(cfg: RunConfig, device: torch.device, images: ImageD
     model = _init_model(cfg, device, 3, stem=cfg.model.stem)
     if cfg.model.input_norm != "none":
         model.input_norm.fit(images.norm_sample(device))
-    loss = InfoNCE(cfg.model.similarity, p=cfg.model.p, tau=cfg.model.tau)
+    loss = InfoNCE(
+        cfg.model.similarity,
+        p=cfg.model.p,
+        tau=cfg.model.tau,
+        self_negative=cfg.model.self_negative,
+    )
     return Experiment(cfg, device, build_process(cfg), None, model, loss)
 
 
