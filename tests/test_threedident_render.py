@@ -247,3 +247,63 @@ def test_cycles_renders_like_preview() -> None:
     img = cycles.render(z, 32, samples=8)
     assert img.shape == (2, 32, 32, 3) and img.dtype == np.uint8
     assert np.abs(img.astype(float) - preview.render(z, 32).astype(float)).mean() < 20
+
+
+@pytest.fixture(scope="module")
+def cycles_views() -> dict[str, np.ndarray]:
+    """One Cycles worker renders every scene the behaviour tests below need (64 x 64, 8 spp)."""
+    scenes = {
+        "red_left": {"hue_object": -1.0, "pos_x": -0.8},
+        "green_left": {"hue_object": 0.0, "pos_x": -0.8},
+        "red_right": {"hue_object": -1.0, "pos_x": 0.8},
+        "green_right": {"hue_object": 0.0, "pos_x": 0.8},
+        "spot_a": {"spot_angle": -0.9},
+        "spot_b": {"spot_angle": 0.0},
+        "spot_c": {"spot_angle": 0.9},
+        "ground_red": {"hue_background": -1.0, "pos_x": -0.8},
+        "ground_green": {"hue_background": 0.0, "pos_x": -0.8},
+    }
+    z = np.repeat(base(), len(scenes), 0)
+    for row, factors in enumerate(scenes.values()):
+        for name, value in factors.items():
+            z[row, FACTORS.index(name)] = value
+    images = cycles.render(z, SIZE, samples=8).astype(float)
+    return dict(zip(scenes, images, strict=True))
+
+
+def cycles_object_mask(red: np.ndarray, green: np.ndarray) -> np.ndarray:
+    """Pixels whose colour follows the object hue (the ground only catches a little bounce light)."""
+    return np.abs(red - green).sum(-1) > 60
+
+
+@needs_bpy
+def test_cycles_object_hue_and_position(cycles_views) -> None:
+    v = cycles_views
+    left = cycles_object_mask(v["red_left"], v["green_left"])
+    right = cycles_object_mask(v["red_right"], v["green_right"])
+    assert left.sum() > 30 and right.sum() > 30
+    red, green = v["red_left"][left].mean(0), v["green_left"][left].mean(0)
+    assert red[0] > red[1] + 10 and green[1] > green[0] + 10
+    rows, cols = np.indices((SIZE, SIZE))
+    assert (cols * right).sum() / right.sum() - (cols * left).sum() / left.sum() > 10  # +x: right
+
+
+@needs_bpy
+def test_cycles_spotlight_angle_moves_brightest_region(cycles_views) -> None:
+    rows, cols = np.indices((SIZE, SIZE))
+    centres = []
+    for key in ("spot_a", "spot_b", "spot_c"):
+        im = cycles_views[key].sum(-1)
+        bright = im >= np.quantile(im, 0.8)
+        centres.append(np.array([cols[bright].mean(), rows[bright].mean()]))
+    assert np.linalg.norm(centres[0] - centres[1]) > 8
+    assert np.linalg.norm(centres[1] - centres[2]) > 8
+
+
+@needs_bpy
+def test_cycles_background_hue_moves_ground_colour(cycles_views) -> None:
+    v = cycles_views
+    ground = ~cycles_object_mask(v["red_left"], v["green_left"])  # the object in the same pose
+    red, green = v["ground_red"][ground].mean(0), v["ground_green"][ground].mean(0)
+    assert red[0] > red[1] + 10 and green[1] > green[0] + 10
+
