@@ -216,6 +216,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path) -> None:
         (["--n", "3", "--size", "32", "--mode", "sphere"], "mode"),
         (["--n", "3", "--size", "32", "--samples", "8"], "samples"),
         (["--n", "3", "--size", "32", "--seed", "-1"], "seed"),
+        (["--n", "3", "--size", "32", "--workers", "0"], "workers"),
     ],
 )
 def test_cli_bad_input_exit_2_one_line_nothing_written(
@@ -247,6 +248,14 @@ def test_cycles_renders_like_preview() -> None:
     img = cycles.render(z, 32, samples=8)
     assert img.shape == (2, 32, 32, 3) and img.dtype == np.uint8
     assert np.abs(img.astype(float) - preview.render(z, 32).astype(float)).mean() < 20
+
+
+@needs_bpy
+def test_cycles_bytes_do_not_depend_on_the_number_of_workers() -> None:
+    z = sample_latents(5, "box", 4)
+    one = cycles.render(z, 32, samples=4, workers=1)  # one process, Cycles' own thread count
+    three = cycles.render(z, 32, samples=4, workers=3)  # interleaved shares, one thread each
+    assert np.array_equal(one, three)
 
 
 @pytest.fixture(scope="module")
@@ -306,4 +315,3 @@ def test_cycles_background_hue_moves_ground_colour(cycles_views) -> None:
     ground = ~cycles_object_mask(v["red_left"], v["green_left"])  # the object in the same pose
     red, green = v["ground_red"][ground].mean(0), v["ground_green"][ground].mean(0)
     assert red[0] > red[1] + 10 and green[1] > green[0] + 10
-

@@ -196,6 +196,11 @@ def _add_threedident(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--mode", default="box", help="latent coordinates: box (default) or periodic")
     r.add_argument("--seed", type=int, default=0, help="seed of the latents (default 0)")
     r.add_argument("--samples", type=int, help="cycles: samples per pixel (default 8)")
+    r.add_argument(
+        "--workers",
+        type=int,
+        help="cycles: Blender processes, one thread each (default: one per available core)",
+    )
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     t = group.add_parser(
         "table",
@@ -360,6 +365,7 @@ def _cmd_threedident(args: argparse.Namespace) -> int:
         seed=args.seed,
         samples=args.samples,
         progress=not args.quiet,
+        workers=args.workers,
     )
     print(
         f"{args.out}: {manifest['n']} images {manifest['size']}x{manifest['size']} "

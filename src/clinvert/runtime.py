@@ -1,4 +1,5 @@
-"""Process-wide settings of the C runtime that a CPU training loop benefits from.
+"""Process-wide runtime facts and settings: the cores a process may use, and the C runtime's
+malloc thresholds that a CPU training loop benefits from.
 
 A training step on the CPU allocates and frees the same large tensors every step (at batch 6144
 each activation of the paper's encoder is 24.6 MB). glibc's malloc by default serves blocks above
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 #: glibc's ``mallopt`` parameter numbers (malloc.h).
@@ -49,3 +51,19 @@ def keep_freed_memory() -> bool:
     ok = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
     _applied = ok
     return ok
+
+
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by ``OMP_NUM_THREADS`` when that is set.
+
+    ``OMP_NUM_THREADS=1 clinvert reproduce ...`` thus keeps a sweep to one core (one worker with one
+    thread) next to another job, instead of splitting the whole machine between its workers.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    cap = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if cap.isdigit() and int(cap) > 0:
+        cores = min(cores, int(cap))
+    return max(1, cores)

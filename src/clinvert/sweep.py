@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import shutil
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -22,6 +21,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from clinvert.config import ConfigError, load_config
+from clinvert.runtime import available_cores
 
 BACKENDS = ("local", "ray")
 
@@ -223,22 +223,6 @@ def run_specs(
     finally:
         bar.close()
     return results
-
-
-def available_cores() -> int:
-    """Cores this process may use: its CPU affinity, capped by ``OMP_NUM_THREADS`` when that is set.
-
-    ``OMP_NUM_THREADS=1 clinvert reproduce ...`` thus keeps a sweep to one core (one worker with one
-    thread) next to another job, instead of splitting the whole machine between its workers.
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    cap = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if cap.isdigit() and int(cap) > 0:
-        cores = min(cores, int(cap))
-    return max(1, cores)
 
 
 def default_workers() -> int:

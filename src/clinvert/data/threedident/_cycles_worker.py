@@ -58,6 +58,9 @@ def main() -> None:
     # Keep the synced scene (BVH, shaders, denoiser) between frames: at 64 x 64 the per-frame
     # re-sync cost more than the path tracing. Same bytes as without it (measured on 12 images).
     sc.render.use_persistent_data = True
+    if int(cfg.get("threads", 0)) > 0:  # several workers side by side: one thread each
+        sc.render.threads_mode = "FIXED"
+        sc.render.threads = int(cfg["threads"])
     sc.render.resolution_x = sc.render.resolution_y = int(cfg["size"])
     sc.render.resolution_percentage = 100
     sc.render.film_transparent = False

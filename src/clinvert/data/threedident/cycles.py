@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import selectors
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from clinvert.config import ConfigError
 from clinvert.data.threedident import scene
 from clinvert.data.threedident.factors import to_physical
 from clinvert.data.threedident.teapot import teapot_mesh
+from clinvert.runtime import available_cores
 
 VERSION = "blender 5.0.1 cycles"
 #: default samples per pixel (with OpenImageDenoise): 8 is clean at 64 x 64 (mean abs. difference
@@ -70,11 +72,14 @@ def available() -> bool:
     return find_python() is not None
 
 
-def _job(phys: np.ndarray, indices: Sequence[int], size: int, samples: int) -> dict:
+def _job(
+    phys: np.ndarray, indices: Sequence[int], size: int, samples: int, threads: int = 0
+) -> dict:
     mesh = teapot_mesh(8)
     config = {
         "size": size,
         "samples": samples,
+        "threads": threads,  # 0: Cycles' own choice (all cores)
         "denoise": True,
         "ambient": scene.AMBIENT,
         "camera_fov": scene.CAMERA_FOV,
@@ -106,57 +111,101 @@ def _read_png(path: Path) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
+def default_workers(n_images: int) -> int:
+    """Worker processes for ``n_images``: one per available core (each renders with one thread).
+
+    At 64 x 64 much of a frame's time is serial (scene update, denoiser set-up, PNG): one worker with
+    two threads took 0.13-0.14 s per image on this project's 2-core machine, one thread 0.16-0.17 s,
+    so two one-thread workers render about 1.65x as many images per second as one two-thread worker.
+    """
+    return max(1, min(available_cores(), n_images))
+
+
 def render_iter(
     latents: np.ndarray,
     size: int,
     samples: int = DEFAULT_SAMPLES,
     mode: str = "box",
     indices: Sequence[int] | None = None,
+    workers: int | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Render latents [N, 10] with Cycles; yield ``(index, image uint8 [size, size, 3])`` in order.
+    """Render latents [N, 10] with Cycles; yield ``(index, image uint8 [size, size, 3])`` as each
+    image is finished (in order within a worker, interleaved across workers).
 
-    ``indices`` label the images (default ``0..N-1``). One worker process renders them all.
+    ``indices`` label the images (default ``0..N-1``). ``workers`` Blender processes (default
+    :func:`default_workers`) render interleaved shares of the images, each with one thread, or with
+    all available cores when there is one worker. The bytes of an image do not depend on either.
     """
     python = require_python()
     phys = to_physical(latents, mode)
     indices = list(range(len(phys))) if indices is None else [int(i) for i in indices]
+    if not indices:
+        return
+    workers = default_workers(len(indices)) if workers is None else int(workers)
+    if workers < 1:
+        raise ConfigError(f"workers: must be an integer >= 1, got {workers}")
+    workers = min(workers, len(indices))
+    threads = 0 if workers == 1 else max(1, available_cores() // workers)
     with tempfile.TemporaryDirectory(prefix="clinvert-cycles-") as tmp:
-        job_path = Path(tmp) / "job.npz"
-        np.savez(job_path, **_job(phys, indices, size, samples))
         env = dict(os.environ, PYTHONNOUSERSITE="1")
         env.pop("PYTHONPATH", None)
-        err_file = open(Path(tmp) / "stderr.txt", "w+")  # noqa: SIM115 - closed below
-        proc = subprocess.Popen(
-            [python, "-I", str(_WORKER), str(job_path), tmp],
-            stdout=subprocess.PIPE,
-            stderr=err_file,
-            text=True,
-            env=env,
-        )
+        procs: list[tuple[subprocess.Popen, object]] = []
+        sel = selectors.DefaultSelector()
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if line.startswith("done "):
-                    index = int(line.split()[1])
-                    yield index, _read_png(Path(tmp) / f"{index}.png")
-            code = proc.wait()
-            err_file.seek(0)
-            err = err_file.read()
-            if code != 0:
-                last = err.strip().splitlines()[-1] if err.strip() else "no message"
-                raise ConfigError(f"backend cycles: the Blender worker failed: {last}")
+            for k in range(workers):
+                share = slice(k, None, workers)
+                job_path = Path(tmp) / f"job{k}.npz"
+                np.savez(job_path, **_job(phys[share], indices[share], size, samples, threads))
+                err_file = open(Path(tmp) / f"stderr{k}.txt", "w+")  # noqa: SIM115 - closed below
+                proc = subprocess.Popen(
+                    [python, "-I", str(_WORKER), str(job_path), tmp],
+                    stdout=subprocess.PIPE,
+                    stderr=err_file,
+                    env=env,
+                )
+                procs.append((proc, err_file))
+                sel.register(proc.stdout, selectors.EVENT_READ, bytearray())
+            while sel.get_map():
+                for key, _ in sel.select():
+                    buffer = key.data
+                    chunk = os.read(key.fd, 1 << 16)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        continue
+                    buffer += chunk
+                    while b"\n" in buffer:
+                        line, _, rest = bytes(buffer).partition(b"\n")
+                        buffer[:] = rest
+                        if line.startswith(b"done "):
+                            index = int(line.split()[1])
+                            yield index, _read_png(Path(tmp) / f"{index}.png")
+            for proc, err_file in procs:
+                code = proc.wait()
+                err_file.seek(0)
+                err = err_file.read()
+                if code != 0:
+                    last = err.strip().splitlines()[-1] if err.strip() else "no message"
+                    raise ConfigError(f"backend cycles: the Blender worker failed: {last}")
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            err_file.close()
+            sel.close()
+            for proc, err_file in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                if proc.stdout is not None:
+                    proc.stdout.close()
+                err_file.close()
 
 
 def render(
-    latents: np.ndarray, size: int, samples: int = DEFAULT_SAMPLES, mode: str = "box"
+    latents: np.ndarray,
+    size: int,
+    samples: int = DEFAULT_SAMPLES,
+    mode: str = "box",
+    workers: int | None = None,
 ) -> np.ndarray:
     """Render latents [N, 10] (``mode`` coordinates) with Cycles to uint8 [N, size, size, 3]."""
     out = np.empty((len(latents), size, size, 3), np.uint8)
-    for index, image in render_iter(latents, size, samples, mode):
+    for index, image in render_iter(latents, size, samples, mode, workers=workers):
         out[index] = image
     return out

@@ -157,15 +157,21 @@ def render_dataset(
     samples: int | None = None,
     progress: bool = True,
     batch_size: int = 64,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Render (or finish rendering) a dataset into ``out``; returns the final manifest.
 
     Only missing images are rendered (a PNG that does not decode counts as missing). An existing
-    manifest with different settings is an error naming the field.
+    manifest with different settings is an error naming the field. ``workers``: Blender processes
+    of the ``cycles`` backend (default one per available core; the images do not depend on it).
     """
     from tqdm import tqdm
 
     check_settings(n, size, backend, mode, seed, samples)
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+    ):
+        raise ConfigError(f"workers: must be an integer >= 1, got {workers!r}")
     renderer, samples = _renderer(backend, size, samples)
     out = Path(out)
     settings = {
@@ -235,7 +241,8 @@ def render_dataset(
         elif missing:
             from clinvert.data.threedident import cycles
 
-            for i, image in cycles.render_iter(latents[missing], size, samples, mode, missing):
+            todo = cycles.render_iter(latents[missing], size, samples, mode, missing, workers)
+            for i, image in todo:
                 write_bytes(image_path(out, i), _png_bytes(image))
                 bar.update(1)
     finally:
