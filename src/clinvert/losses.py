@@ -319,6 +319,10 @@ class _FusedInfoNCE(torch.autograd.Function):
     rides in the matrix product as an extra column, so a block costs one product, one ``exp`` and
     one sum: no maximum, subtraction, floor, one-hot or scaling pass over [rows, B]. The one-hot and
     the 1 / B scale are applied to the [rows, d] results instead.
+
+    ``extra`` (optional, [rows]): one more logit per row that joins the row's log-sum-exp but is
+    no column of ``b`` (the self term of ``info_nce(..., self_negative=True)``); its gradient is
+    returned for autograd to carry back to whatever computed it. It turns the bounded path off.
     """
 
     @staticmethod
