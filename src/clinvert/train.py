@@ -157,25 +157,21 @@ def build_experiment(
         gen = make_generator(derive_seed(cfg.train.seed, STREAM_INPUT_NORM), device)
         z = process.sample_marginal(INPUT_NORM_SAMPLES, gen, device)
         model.input_norm.fit(mixing(z))
-    loss = InfoNCE(
-        cfg.model.similarity,
-        p=cfg.model.p,
-        tau=cfg.model.tau,
-        self_negative=cfg.model.self_negative,
-    )
+    loss = _make_loss(cfg)
     return Experiment(cfg, device, process, mixing, model, loss)
+
+
+def _make_loss(cfg: RunConfig) -> InfoNCE:
+    """The run's contrastive loss from its ``model`` section."""
+    m = cfg.model
+    return InfoNCE(m.similarity, p=m.p, tau=m.tau, self_negative=m.self_negative)
 
 
 def _build_image_experiment(cfg: RunConfig, device: torch.device, images: ImageData) -> Experiment:
     model = _init_model(cfg, device, 3, stem=cfg.model.stem)
     if cfg.model.input_norm != "none":
         model.input_norm.fit(images.norm_sample(device))
-    loss = InfoNCE(
-        cfg.model.similarity,
-        p=cfg.model.p,
-        tau=cfg.model.tau,
-        self_negative=cfg.model.self_negative,
-    )
+    loss = _make_loss(cfg)
     return Experiment(cfg, device, build_process(cfg), None, model, loss)
 
 

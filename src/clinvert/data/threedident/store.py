@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from clinvert.config import ConfigError
+from clinvert.data.threedident import cycles
 from clinvert.data.threedident.factors import FACTORS, check_mode, sample_latents
 from clinvert.io import write_bytes, write_json
 
@@ -122,8 +123,6 @@ def _renderer(backend: str, size: int, samples: int | None) -> tuple[str, int | 
         from clinvert.data.threedident import preview
 
         return preview.VERSION, None
-    from clinvert.data.threedident import cycles
-
     cycles.require_python()
     return cycles.VERSION, samples if samples is not None else cycles.DEFAULT_SAMPLES
 
@@ -168,10 +167,7 @@ def render_dataset(
     from tqdm import tqdm
 
     check_settings(n, size, backend, mode, seed, samples)
-    if workers is not None and (
-        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
-    ):
-        raise ConfigError(f"workers: must be an integer >= 1, got {workers!r}")
+    cycles.check_workers(workers)  # before anything is written
     renderer, samples = _renderer(backend, size, samples)
     out = Path(out)
     settings = {
@@ -239,8 +235,6 @@ def render_dataset(
                         write_bytes(image_path(out, i), _png_bytes(image))
                 bar.update(sum(i in todo for i in idx))
         elif missing:
-            from clinvert.data.threedident import cycles
-
             todo = cycles.render_iter(latents[missing], size, samples, mode, missing, workers)
             for i, image in todo:
                 write_bytes(image_path(out, i), _png_bytes(image))
