@@ -116,7 +116,8 @@ def default_workers(n_images: int) -> int:
 
     At 64 x 64 much of a frame's time is serial (scene update, denoiser set-up, PNG): one worker with
     two threads took 0.13-0.14 s per image on this project's 2-core machine, one thread 0.16-0.17 s;
-    end to end, 200 images took 28 s with one two-thread worker and 20-21 s with two one-thread ones.
+    end to end, 200 images took 28 s with one two-thread worker and 20-21 s with two one-thread ones
+    in one measurement, 26.8 s against 23.1 s (1.16x) in ``benchmarks/bench_render.py``'s run.
     """
     return max(1, min(available_cores(), n_images))
 
