@@ -201,7 +201,7 @@ def test_loader_with_workers_yields_the_same_batches(toy) -> None:
 # ----- config ------------------------------------------------------------------------------------
 def test_config_validation_errors(toy, tmp_path: Path) -> None:
     good = image_config(toy)
-    assert validate_config(good).is_image_run
+    assert validate_config(good).data.source == "threedident"
     cases = [
         (("data", "train_dir"), None, "data.train_dir: required"),
         (("model", "encoder"), "mlp", "model.encoder: source threedident needs an image encoder"),
@@ -288,13 +288,13 @@ def test_train_on_images_writes_the_run_directory_and_resumes_exactly(toy, tmp_p
 
 
 def test_periodic_scores_use_the_angle_embedding(tmp_path: Path) -> None:
-    from clinvert.train import ImageData
+    from clinvert.data.threedident.source import ThreeDIdentSource
 
     dirs = {
         "train": write_toy_dataset(tmp_path / "train", 60, mode="periodic", seed=1),
         "test": write_toy_dataset(tmp_path / "test", 80, mode="periodic", seed=2),
     }
-    data = ImageData(validate_config(image_config(dirs)), torch.device("cpu"))
+    data = ThreeDIdentSource(validate_config(image_config(dirs)), torch.device("cpu"))
     z = data.z_test.numpy()
     perfect = data.score(torch.from_numpy(embed_latents(z, data.test.periodic_mask())))
     assert list(perfect["r2_per_factor"]) == list(FACTORS)

@@ -385,11 +385,19 @@ COMMANDS = {
 }
 
 
+#: Commands that train in this process and get :func:`clinvert.runtime.configure_process`.
+TRAINING_COMMANDS = ("train", "demo", "reproduce", "headline")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in TRAINING_COMMANDS:
+            from clinvert.runtime import configure_process
+
+            configure_process()
         return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"clinvert: error: {exc}", file=sys.stderr)

@@ -28,12 +28,28 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, Field, SerializeAsAny, ValidationError
 
+from clinvert.data.synthetic import SyntheticData
+from clinvert.errors import ConfigError
+from clinvert.latents.distributions import UniformSpec, VMFSpec
 from clinvert.models.mlp import PAPER_WIDTHS
+from clinvert.registry import (
+    CONDITIONALS,
+    ENCODERS,
+    HEADS,
+    MARGINALS,
+    SIMILARITIES,
+    SOURCES,
+    SPACES,
+    Registry,
+    check_name,
+    load_builtins,
+)
+from clinvert.spec import DataSpec, FiniteFloat, LawSpec, PositiveFloat
+from clinvert.spec import Section as _Section
 
-PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+__all__ = ["ConfigError", "RunConfig", "load_config", "validate_config"]
 
 
 class _Loader(yaml.SafeLoader):
@@ -59,68 +75,28 @@ def parse_yaml(text: str):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid. ``str(err)`` is one line: field, value, what is allowed."""
+def _registered(registry: Registry[Any]) -> AfterValidator:
+    """A field validator: the value must be a name in ``registry`` (read at validation time, so
+    components registered by a user's module are allowed)."""
 
+    def check(value: str) -> str:
+        load_builtins()
+        return check_name(registry, value)
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    return AfterValidator(check)
 
 
 # ----- latent process --------------------------------------------------------------------------------
-class UniformSpec(_Section):
-    """Uniform marginal (sphere or box only)."""
-
-    name: Literal["uniform"]
-
-
-class NormalSpec(_Section):
-    """Normal law with standard deviation ``scale``."""
-
-    name: Literal["normal"]
-    scale: PositiveFloat
-
-
-class LaplaceSpec(_Section):
-    """Laplace law with scale ``scale``."""
-
-    name: Literal["laplace"]
-    scale: PositiveFloat
-
-
-class GennormSpec(_Section):
-    """Generalised normal law, density proportional to exp(-|x / scale|^beta)."""
-
-    name: Literal["gennorm"]
-    beta: PositiveFloat
-    scale: PositiveFloat
-
-
-class VMFSpec(_Section):
-    """von Mises-Fisher conditional with concentration ``kappa`` (sphere only)."""
-
-    name: Literal["vmf"]
-    kappa: PositiveFloat
-
-
-MarginalSpec = Annotated[
-    UniformSpec | NormalSpec | LaplaceSpec | GennormSpec, Field(discriminator="name")
-]
-ConditionalSpec = Annotated[
-    VMFSpec | NormalSpec | LaplaceSpec | GennormSpec, Field(discriminator="name")
-]
-_TAGGED_FIELDS = {"marginal", "conditional"}
-_TAGS = {"uniform", "normal", "laplace", "gennorm", "vmf"}
-
-
 class LatentConfig(_Section):
     """The latent process: space, marginal and conditional."""
 
     dim: Annotated[int, Field(ge=1, le=4096)] = 10
-    space: Literal["sphere", "box", "unbounded"] = "sphere"
+    space: Annotated[str, _registered(SPACES)] = "sphere"
     box: Annotated[list[FiniteFloat], Field(min_length=2, max_length=2)] = [0.0, 1.0]
-    marginal: MarginalSpec = UniformSpec(name="uniform")
-    conditional: ConditionalSpec = VMFSpec(name="vmf", kappa=1.0)
+    #: A registered marginal's section (``MARGINALS``), resolved by :func:`validate_config`.
+    marginal: SerializeAsAny[LawSpec] = UniformSpec(name="uniform")
+    #: A registered conditional's section (``CONDITIONALS``), resolved by :func:`validate_config`.
+    conditional: SerializeAsAny[LawSpec] = VMFSpec(name="vmf", kappa=1.0)
 
 
 class MixingConfig(_Section):
@@ -141,17 +117,17 @@ class MixingConfig(_Section):
 class ModelConfig(_Section):
     """Encoder, output head and loss."""
 
-    encoder: Literal["mlp", "resnet18"] = "mlp"
+    encoder: Annotated[str, _registered(ENCODERS)] = "mlp"
     stem: Literal["imagenet", "small"] = "imagenet"
     input_norm: Literal["none", "standardize", "whiten"] = "whiten"
     widths: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=0, max_length=64)] = list(
         PAPER_WIDTHS
     )
     negative_slope: Annotated[float, Field(ge=0, le=1)] = 0.2
-    output: Literal["sphere", "box", "unbounded"] = "sphere"
+    output: Annotated[str, _registered(HEADS)] = "sphere"
     learnable_scale: bool = False
     scale: PositiveFloat = 1.0
-    similarity: Literal["cosine", "lp"] = "cosine"
+    similarity: Annotated[str, _registered(SIMILARITIES)] = "cosine"
     p: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 2.0
     tau: PositiveFloat = 1.0
     #: Count each anchor among its own negatives (exp(s(a, a) / tau) in the denominator), as the
@@ -183,17 +159,11 @@ class EvalConfig(_Section):
     correlation: Literal["pearson", "spearman"] = "pearson"
 
 
-class DataConfig(_Section):
-    """Where observations come from: the synthetic mixing g(z), or rendered 3DIdent images.
+class LogConfig(_Section):
+    """Where a run reports besides ``metrics.jsonl``: TensorBoard event files in the run directory
+    (``tensorboard``; needs the ``tensorboard`` package, ``pip install 'clinvert[tensorboard]'``)."""
 
-    ``train_dir`` / ``test_dir`` are dataset directories (see :mod:`clinvert.data.images`), relative
-    to the working directory; ``workers`` loader processes build the nearest-neighbour pairs.
-    """
-
-    source: Literal["synthetic", "threedident"] = "synthetic"
-    train_dir: str | None = None
-    test_dir: str | None = None
-    workers: Annotated[int, Field(ge=0, le=64)] = 2
+    tensorboard: bool = False
 
 
 class Claim(_Section):
@@ -233,28 +203,28 @@ class RunConfig(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
-    data: DataConfig = DataConfig()
+    #: A registered pair source's section (``SOURCES``, keyed by ``data.source``).
+    data: SerializeAsAny[DataSpec] = SyntheticData()
+    log: LogConfig = LogConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-ready dictionary of the full resolved config.
 
-        Synthetic runs leave out ``data`` and ``model.stem`` (neither applies to them), and every
-        run leaves out ``model.self_negative`` while it is false, so resolved configs read as they
-        did before those options existed and old run directories stay resumable.
+        Synthetic runs leave out ``data``, runs without a ResNet leave out ``model.stem``, and
+        sections and fields at their defaults that came later (``log``, ``model.self_negative``)
+        are left out too, so resolved configs read as they did before those options existed and
+        old run directories stay resumable.
         """
         out = self.model_dump(mode="json")
-        if self.data.source == "synthetic" and self.data == DataConfig():
+        if self.data == SyntheticData():
             del out["data"]
-        if self.model.encoder == "mlp" and self.model.stem == "imagenet":
+        if self.model.encoder != "resnet18" and self.model.stem == "imagenet":
             del out["model"]["stem"]
         if not self.model.self_negative:
             del out["model"]["self_negative"]
+        if self.log == LogConfig():
+            del out["log"]
         return out
-
-    @property
-    def is_image_run(self) -> bool:
-        """Whether observations are images from a dataset on disk (not the synthetic mixing)."""
-        return self.data.source != "synthetic"
 
     def to_yaml(self) -> str:
         """The full resolved config as YAML."""
@@ -266,67 +236,95 @@ class RunConfig(_Section):
         return self.mixing.seed if self.mixing.seed is not None else self.train.seed
 
 
-def _law(spec: Any) -> str:
+def _law(spec: Any, registry: Registry[Any]) -> str:
+    load_builtins()
+    law = registry.get(spec.name)
     params = {k: v for k, v in spec.model_dump().items() if k != "name"}
-    names = {
-        "vmf": "vMF",
-        "normal": "Normal",
-        "laplace": "Laplace",
-        "gennorm": "GenNorm",
-        "uniform": "Uniform",
-    }
-    symbols = {
-        "kappa": "κ",
-        "beta": "β",
-        "scale": {"normal": "σ", "laplace": "λ"}.get(spec.name, "s"),
-    }
+    label = getattr(law, "label", "") or spec.name
+    symbols = getattr(law, "symbols", {})
     inner = ", ".join(f"{symbols.get(k, k)}={v:g}" for k, v in params.items())
-    return f"{names[spec.name]}({inner})" if inner else names[spec.name]
+    return f"{label}({inner})" if inner else label
 
 
 def describe_process(cfg: RunConfig) -> str:
     """'sphere / Uniform / vMF(κ=1)'-style label of the generative process."""
     lat = cfg.latent
     space = "R^n" if lat.space == "unbounded" else lat.space
-    return f"{space} / {_law(lat.marginal)} / {_law(lat.conditional)}"
+    return f"{space} / {_law(lat.marginal, MARGINALS)} / {_law(lat.conditional, CONDITIONALS)}"
 
 
 def describe_model(cfg: RunConfig) -> str:
     """'sphere, cosine, τ=1'-style label of the model."""
     m = cfg.model
     space = "R^n" if m.output == "unbounded" else m.output
-    loss = "cosine" if m.similarity == "cosine" else f"L{m.p:g}"
+    loss = f"L{m.p:g}" if m.similarity == "lp" else m.similarity
     learn = " (learnable scale)" if m.learnable_scale else ""
     own = ", self-negative" if m.self_negative else ""
     return f"{space}{learn}, {loss}, τ={m.tau:g}{own}"
 
 
 # ----- validation ------------------------------------------------------------------------------------
-def _field_path(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for i, part in enumerate(loc):
-        # Discriminated unions insert the tag into the location: latent.conditional.vmf.kappa.
-        if i > 0 and loc[i - 1] in _TAGGED_FIELDS and part in _TAGS and i < len(loc) - 1:
-            continue
-        parts.append(str(part))
-    return ".".join(parts) or "<config>"
-
-
-def _format_error(err: dict[str, Any]) -> str:
-    field = _field_path(tuple(err.get("loc", ())))
+def _format_error(err: dict[str, Any], prefix: str = "") -> str:
+    loc = tuple(str(part) for part in err.get("loc", ()))
+    field = ".".join((prefix,) + loc if prefix else loc) or "<config>"
     msg = err.get("msg", "invalid value")
     if err.get("type") == "extra_forbidden":
         return f"{field}: unknown key (check the spelling; see README 'Config format')"
     if err.get("type") == "missing":
         return f"{field}: required field is missing"
-    ctx = err.get("ctx") or {}
-    if err.get("type") == "union_tag_invalid":
-        return f"{field}.name: unknown name {ctx.get('tag')!r}, allowed: {ctx.get('expected_tags')}"
-    if err.get("type") == "union_tag_not_found":
-        return f"{field}: needs a 'name' key, got {err.get('input')!r}"
+    if err.get("type") == "value_error":
+        msg = msg.removeprefix("Value error, ")
     value = err.get("input")
     shown = repr(value) if not isinstance(value, dict) else "{...}"
     return f"{field}: {msg[0].lower()}{msg[1:]}, got {shown}"
+
+
+def _one_line(exc: ValidationError, prefix: str = "") -> ConfigError:
+    errors = exc.errors()
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return ConfigError(_format_error(errors[0], prefix) + more)
+
+
+#: Sections whose fields depend on a registered name: (path, registry, tag key, spec of an entry).
+_TAGGED: tuple[tuple[tuple[str, ...], Registry[Any], str], ...] = (
+    (("latent", "marginal"), MARGINALS, "name"),
+    (("latent", "conditional"), CONDITIONALS, "name"),
+    (("data",), SOURCES, "source"),
+)
+
+
+def _resolve_tagged(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` in which every tagged section is validated by its registered spec.
+
+    ``latent.conditional: {name: gennorm, ...}`` is checked against the section that the
+    ``gennorm`` law registered, ``data: {source: arrays, ...}`` against the arrays source's, so the
+    schema grows with the registries instead of keeping its own list of names and fields.
+    """
+    out = dict(data)
+    for path, registry, tag in _TAGGED:
+        parent = out
+        for key in path[:-1]:
+            if not isinstance(parent.get(key), dict):
+                parent = None
+                break
+            parent[key] = dict(parent[key])
+            parent = parent[key]
+        if parent is None or path[-1] not in parent:
+            continue
+        field, raw = ".".join(path), parent[path[-1]]
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{field}: must be a mapping with a {tag!r} key, got {raw!r}")
+        if tag not in raw:
+            if tag != "source":
+                raise ConfigError(f"{field}: needs a {tag!r} key, got {raw!r}")
+            raw = {**raw, tag: "synthetic"}
+        entry = registry.get(raw[tag])
+        spec = getattr(entry, "spec", None)
+        try:
+            parent[path[-1]] = spec.model_validate(raw)
+        except ValidationError as exc:
+            raise _one_line(exc, field) from None
+    return out
 
 
 def _check_combinations(cfg: RunConfig) -> None:
@@ -335,96 +333,81 @@ def _check_combinations(cfg: RunConfig) -> None:
         raise ConfigError(f"latent.dim: the sphere needs dim >= 2, got {latent.dim}")
     if latent.box[0] >= latent.box[1]:
         raise ConfigError(f"latent.box: must be [low, high] with low < high, got {latent.box}")
-    if latent.conditional.name == "vmf" and latent.space != "sphere":
-        raise ConfigError(
-            f"latent.conditional.name: vmf is only defined on space sphere, got space={latent.space} "
-            "(allowed there: normal, laplace, gennorm)"
-        )
-    if latent.marginal.name == "uniform" and latent.space == "unbounded":
-        raise ConfigError(
-            "latent.marginal.name: uniform needs a bounded space (sphere | box), got space=unbounded "
-            "(allowed there: normal, laplace, gennorm)"
-        )
-    if model.similarity == "cosine" and model.output != "sphere":
-        raise ConfigError(
-            f"model.similarity: cosine needs model.output sphere (a.b is unbounded elsewhere), "
-            f"got output={model.output} (use similarity lp)"
-        )
-
-
-def _check_images(cfg: RunConfig) -> None:
-    """Combinations of an image run (``data.source: threedident``) and of the image encoder."""
-    data, latent, model = cfg.data, cfg.latent, cfg.model
-    if not cfg.is_image_run:
-        if model.encoder != "mlp":
+    for field, registry in (("marginal", MARGINALS), ("conditional", CONDITIONALS)):
+        name = getattr(latent, field).name
+        spaces = registry.get(name).spaces
+        if spaces is not None and latent.space not in spaces:
+            there = [n for n, law in registry.items() if law.spaces is None or latent.space in law.spaces]
+            if len(spaces) == 1:
+                where = f"space {spaces[0]}"
+            else:
+                bounded = "a bounded space" if "unbounded" not in spaces else "space"
+                where = f"{bounded} ({' | '.join(spaces)})"
             raise ConfigError(
-                f"model.encoder: {model.encoder} encodes images and needs data.source threedident, "
-                "got source=synthetic (use encoder mlp)"
+                f"latent.{field}.name: {name} is only defined on {where}, got "
+                f"space={latent.space} (allowed there: {', '.join(there)})"
             )
-        if model.stem != "imagenet":
-            raise ConfigError(
-                f"model.stem: applies to the resnet18 encoder only, got {model.stem!r} with "
-                "encoder mlp (remove it)"
-            )
-        return
-    for name in ("train_dir", "test_dir"):
-        if not getattr(data, name):
-            raise ConfigError(f"data.{name}: required for source {data.source}, got None")
-    if model.encoder != "resnet18":
+    outputs = SIMILARITIES.get(model.similarity).outputs
+    if outputs is not None and model.output not in outputs:
         raise ConfigError(
-            f"model.encoder: source {data.source} needs an image encoder, got {model.encoder!r} "
-            "(allowed: resnet18)"
+            f"model.similarity: {model.similarity} needs model.output {' | '.join(outputs)}, got "
+            f"output={model.output} (use similarity lp)"
         )
-    if model.input_norm == "whiten":
+    encoder = ENCODERS.get(model.encoder)
+    if model.stem != "imagenet" and model.encoder != "resnet18":
+        raise ConfigError(
+            f"model.stem: applies to the resnet18 encoder only, got {model.stem!r} with "
+            f"encoder {model.encoder} (remove it)"
+        )
+    if encoder.inputs == "image" and model.input_norm == "whiten":
         raise ConfigError(
             "model.input_norm: whiten applies to vector observations; for images use standardize "
             "(per-channel, fitted on training images) or none, got 'whiten'"
         )
-    if latent.space != "box":
+
+
+def _check_source(cfg: RunConfig) -> None:
+    """The pair source's own rules, and whether the encoder takes what the source gives."""
+    source = SOURCES.get(cfg.data.source)
+    source.check_config(cfg)
+    observations = source.observations_of(cfg)  # "vector", "image" or None (known once loaded)
+    encoder = ENCODERS.get(cfg.model.encoder)
+    if observations is not None and encoder.inputs != observations:
+        if encoder.inputs == "image":
+            raise ConfigError(
+                f"model.encoder: {cfg.model.encoder} encodes images and needs a source of images, "
+                f"got source={cfg.data.source} (use encoder mlp)"
+            )
+        allowed = [n for n, e in ENCODERS.items() if e.inputs == observations]
         raise ConfigError(
-            f"latent.space: the 3DIdent latents live in a box, got {latent.space!r} (use box)"
-        )
-    if latent.marginal.name != "uniform":
-        raise ConfigError(
-            f"latent.marginal.name: pairs start from the dataset's uniform latents, got "
-            f"{latent.marginal.name!r} (use uniform)"
-        )
-    if latent.conditional.name not in ("normal", "laplace", "gennorm"):
-        raise ConfigError(
-            f"latent.conditional.name: {latent.conditional.name} is not defined on a box "
-            "(allowed: normal, laplace, gennorm)"
+            f"model.encoder: source {cfg.data.source} needs an {observations} encoder, got "
+            f"{cfg.model.encoder!r} (allowed: {', '.join(allowed)})"
         )
 
 
 def check_data_dirs(cfg: RunConfig) -> None:
-    """Raise a one-line ConfigError naming the field when an image run's dataset dirs are missing.
+    """Raise a one-line ConfigError naming the field when the source's files are missing.
 
-    Called before any work starts (and before the run directory is created); the dataset content
-    itself is checked by :func:`clinvert.data.images.load_image_dataset`.
+    Called before any work starts (and before the run directory is created); the content of the
+    files is checked when the source loads them.
     """
-    if not cfg.is_image_run:
-        return
-    for name in ("train_dir", "test_dir"):
-        path = Path(str(getattr(cfg.data, name)))
-        if not path.is_dir():
-            raise ConfigError(f"data.{name}: dataset directory not found, got {str(path)!r}")
+    load_builtins()
+    SOURCES.get(cfg.data.source).check_paths(cfg)
 
 
 def validate_config(data: Any) -> RunConfig:
     """Validate a nested dictionary into a :class:`RunConfig` or raise a one-line :class:`ConfigError`."""
+    load_builtins()
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"<config>: must be a mapping of sections, got {type(data).__name__}")
     try:
-        cfg = RunConfig.model_validate(data)
+        cfg = RunConfig.model_validate(_resolve_tagged(data))
     except ValidationError as exc:
-        errors = exc.errors()
-        first = _format_error(errors[0])
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ConfigError(first + more) from None
+        raise _one_line(exc) from None
     _check_combinations(cfg)
-    _check_images(cfg)
+    _check_source(cfg)
     return cfg
 
 

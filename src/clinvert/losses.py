@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from clinvert import kernels
+from clinvert.registry import SIMILARITIES
 
 
 def cosine_similarity_matrix(a: Tensor, b: Tensor, p: float = 2.0) -> Tensor:
@@ -146,19 +149,78 @@ def cosine_similarity_pairs(a: Tensor, b: Tensor, p: float = 2.0) -> Tensor:
     return (a * b).sum(-1)
 
 
-#: Similarity registry: name -> (matrix form [B, M], paired form [B]).
-SIMILARITIES: dict[str, tuple[Callable[..., Tensor], Callable[..., Tensor]]] = {
-    "cosine": (cosine_similarity_matrix, cosine_similarity_pairs),
-    "lp": (lp_similarity_matrix, lp_similarity_pairs),
-}
+@dataclass(frozen=True)
+class Similarity:
+    """A similarity s(a, b) of the InfoNCE family, as registered in ``SIMILARITIES``.
+
+    Attributes:
+        matrix: ``matrix(a, b, p) -> [B, M]``, s(a_i, b_j) for [B, d] and [M, d] inputs.
+        pairs: ``pairs(a, b, p) -> [B]``, s(a_i, b_i) row by row (None: the diagonal of ``matrix``).
+        fused: ``"cosine"`` or ``"lp"`` for the two built-ins, which take the fused blockwise paths
+            of :func:`info_nce`; None (a user's similarity): the loss is the plain log-softmax of
+            ``matrix(a, b, p) / tau``, differentiated by autograd.
+        outputs: the ``model.output`` heads it is defined for (None: every head).
+        uses_p: whether ``model.p`` is a parameter of it.
+    """
+
+    matrix: Callable[..., Tensor]
+    pairs: Callable[..., Tensor] | None = None
+    fused: str | None = None
+    outputs: tuple[str, ...] | None = None
+    uses_p: bool = False
+
+    def paired(self, a: Tensor, b: Tensor, p: float) -> Tensor:
+        """s(a_i, b_i) row by row, [B]."""
+        if self.pairs is not None:
+            return self.pairs(a, b, p)
+        return torch.stack([self.matrix(a[i : i + 1], b[i : i + 1], p)[0, 0] for i in range(len(a))])
+
+
+SIMILARITIES.register(
+    "cosine",
+    Similarity(cosine_similarity_matrix, cosine_similarity_pairs, "cosine", ("sphere",)),
+)
+SIMILARITIES.register(
+    "lp", Similarity(lp_similarity_matrix, lp_similarity_pairs, "lp", None, uses_p=True)
+)
+
+
+def register_similarity(
+    name: str,
+    matrix: Callable[..., Tensor] | None = None,
+    *,
+    pairs: Callable[..., Tensor] | None = None,
+    outputs: tuple[str, ...] | None = None,
+    uses_p: bool = False,
+) -> Any:
+    """Register a similarity ``matrix(a, b, p) -> [B, M]`` under ``name`` (usable as a decorator).
+
+    The config field ``model.similarity`` accepts ``name`` from then on, and :func:`info_nce` trains
+    with it through autograd (the fused kernels serve the built-in ``cosine`` and ``lp`` only).
+
+    Example:
+        >>> @register_similarity("neg_sq_l2_doc")
+        ... def neg_sq_l2(a, b, p):
+        ...     return -torch.cdist(a, b) ** 2
+        >>> float(info_nce(torch.zeros(4, 2), torch.zeros(4, 2), similarity="neg_sq_l2_doc"))
+        1.3862943649291992
+    """
+
+    def add(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        SIMILARITIES.register(name, Similarity(fn, pairs, None, outputs, uses_p))
+        return fn
+
+    return add if matrix is None else add(matrix)
 
 
 def _check(anchor: Tensor, positive: Tensor, similarity: str, p: float, tau: float) -> None:
     if similarity not in SIMILARITIES:
-        raise ValueError(f"similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}")
+        raise ValueError(
+            f"similarity must be one of {', '.join(SIMILARITIES.names())}, got {similarity!r}"
+        )
     if not (math.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be a finite number > 0, got {tau}")
-    if similarity == "lp" and not (math.isfinite(p) and p >= 1):
+    if SIMILARITIES.get(similarity).fused == "lp" and not (math.isfinite(p) and p >= 1):
         raise ValueError(f"p must be a finite number >= 1 for the lp similarity, got {p}")
     if anchor.ndim != 2 or anchor.shape != positive.shape:
         raise ValueError(
@@ -177,7 +239,7 @@ def logits(
 ) -> Tensor:
     """The [B, B] matrix s(anchor_i, positive_j) / tau."""
     _check(anchor, positive, similarity, p, tau)
-    return SIMILARITIES[similarity][0](anchor, positive, p) / tau
+    return SIMILARITIES.get(similarity).matrix(anchor, positive, p) / tau
 
 
 def info_nce(
@@ -213,16 +275,19 @@ def info_nce(
         True
     """
     _check(anchor, positive, similarity, p, tau)
+    if SIMILARITIES.get(similarity).fused is None:
+        return _plain_info_nce(anchor, positive, similarity, p, tau, self_negative)
     # The self term's logit in each path's convention (None: no self term). Cosine: a.a / tau. L2:
     # the dot path drops -||a_i||^2 / tau from row i, so the self term's 0 becomes +||a_i||^2 / tau.
     # Other L_p: 0. Its gradient flows through autograd into the anchor.
     extra = None
     if self_negative:
-        if similarity == "cosine" or p == 2.0:
+        if SIMILARITIES.get(similarity).fused == "cosine" or p == 2.0:
             extra = (anchor * anchor).sum(-1) / tau
         else:
             extra = anchor.new_zeros(anchor.shape[0])
-    if similarity == "cosine":  # s/tau = (a/tau) . b: scale the [B, d] input, not the [B, B] matrix
+    kind = SIMILARITIES.get(similarity).fused
+    if kind == "cosine":  # s/tau = (a/tau) . b: scale the [B, d] input, not the [B, B] matrix
         return _FusedInfoNCE.apply(anchor / tau, positive, None, "dot", 2.0, extra)
     if p == 2.0:
         # -||a_i - b_j||^2 / tau = (2 a_i . b_j - ||b_j||^2) / tau - ||a_i||^2 / tau; the last term
@@ -232,6 +297,18 @@ def info_nce(
     # ||a - b||_p^p / tau = ||a / tau^(1/p) - b / tau^(1/p)||_p^p
     scale = tau ** (-1.0 / p)
     return _FusedInfoNCE.apply(anchor * scale, positive * scale, None, "lp", float(p), extra)
+
+
+def _plain_info_nce(
+    anchor: Tensor, positive: Tensor, similarity: str, p: float, tau: float, self_negative: bool
+) -> Tensor:
+    """InfoNCE of a registered similarity without a fused path: log-softmax of the [B, B] logits."""
+    scores = logits(anchor, positive, similarity=similarity, p=p, tau=tau)  # [B, B]
+    positive_logit = scores.diagonal()
+    if self_negative:
+        own = SIMILARITIES.get(similarity).paired(anchor, anchor, p) / tau
+        scores = torch.cat([scores, own[:, None]], dim=1)
+    return (torch.logsumexp(scores, dim=1) - positive_logit).mean()
 
 
 #: Elements of one [rows, B] block of logits in the fused InfoNCE (8 MiB float32: stays in cache).
@@ -428,7 +505,7 @@ def alignment(
 ) -> Tensor:
     """Alignment term mean_i [ -s(anchor_i, positive_i) / tau ] (pulls positives together)."""
     _check(anchor, positive, similarity, p, tau)
-    return -(SIMILARITIES[similarity][1](anchor, positive, p) / tau).mean()
+    return -(SIMILARITIES.get(similarity).paired(anchor, positive, p) / tau).mean()
 
 
 def uniformity(
@@ -448,7 +525,7 @@ def uniformity(
     """
     scores = logits(anchor, positive, similarity=similarity, p=p, tau=tau)
     if self_negative:
-        own = SIMILARITIES[similarity][1](anchor, anchor, p) / tau
+        own = SIMILARITIES.get(similarity).paired(anchor, anchor, p) / tau
         scores = torch.cat([scores, own[:, None]], dim=1)
     return torch.logsumexp(scores, dim=1).mean() - math.log(positive.shape[0])
 

@@ -137,3 +137,67 @@ def mcc_per_dim(z: ArrayLike, h: ArrayLike, correlation: str = "pearson") -> np.
     out = np.full(corr.shape[0], np.nan)
     out[rows] = corr[rows, cols]
     return out
+
+
+def embed_latents(latents: np.ndarray, periodic: np.ndarray) -> np.ndarray:
+    """Coordinates of latents [N, n] in which distances and linear fits make sense: linear factors
+    as they are, then the angle factors as (cos, sin) columns (all cosines, then all sines)."""
+    latents = np.asarray(latents, dtype=np.float32)
+    periodic = np.asarray(periodic, dtype=bool)
+    if not periodic.any():
+        return np.ascontiguousarray(latents)
+    angles = latents[:, periodic]
+    parts = [latents[:, ~periodic], np.cos(angles), np.sin(angles)]
+    return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
+
+
+def factor_scores(
+    z: ArrayLike,
+    h: ArrayLike,
+    factors: list[str],
+    periodic: np.ndarray | None = None,
+    correlation: str = "pearson",
+) -> dict[str, object]:
+    """R^2, MCC, and per-factor R^2 / MCC / kNN R^2 of codes ``h`` against named latents ``z``.
+
+    An angle factor (``periodic[i]``) is scored through its (cos, sin) embedding: its R^2 is the
+    mean over the two columns, and MCC is computed over the embedded columns (no per-factor MCC
+    then). Returns ``r2``, ``mcc``, ``r2_per_dim``, ``r2_per_factor``, ``knn_r2_per_factor`` and,
+    without angles, ``mcc_per_factor``.
+    """
+    z_np = _as_numpy(z, "z")
+    periodic = np.zeros(len(factors), bool) if periodic is None else np.asarray(periodic, bool)
+    if not periodic.any():
+        per_dim = r2_per_dim(z_np, h)
+        out: dict[str, object] = {
+            "r2": float(per_dim.mean()),
+            "mcc": mcc(z_np, h, correlation),
+            "r2_per_dim": [float(v) for v in per_dim],
+        }
+        per = mcc_per_dim(z_np, h, correlation)
+        out["r2_per_factor"] = dict(zip(factors, out["r2_per_dim"], strict=True))
+        out["mcc_per_factor"] = {f: float(v) for f, v in zip(factors, per, strict=True)}
+        knn = knn_r2_per_dim(z_np, h)
+        out["knn_r2_per_factor"] = {f: float(v) for f, v in zip(factors, knn, strict=True)}
+        return out
+    target = embed_latents(z_np, periodic)
+    per_dim = r2_per_dim(target, h)
+    linear = [f for f, p in zip(factors, periodic, strict=True) if not p]
+    angles = [f for f, p in zip(factors, periodic, strict=True) if p]
+
+    def per_factor(cols: list[float]) -> dict[str, float]:
+        # an angle's two columns (cos, sin) follow the linear factors: average them
+        values = dict(zip(linear, cols[: len(linear)], strict=True))
+        k = len(angles)
+        for i, name in enumerate(angles):
+            values[name] = 0.5 * (cols[len(linear) + i] + cols[len(linear) + k + i])
+        return {f: float(values[f]) for f in factors}
+
+    r2_factor = per_factor([float(v) for v in per_dim])
+    return {
+        "r2": float(np.mean(list(r2_factor.values()))),
+        "mcc": mcc(target, h, correlation),
+        "r2_per_dim": list(r2_factor.values()),
+        "r2_per_factor": r2_factor,
+        "knn_r2_per_factor": per_factor(list(knn_r2_per_dim(target, h))),
+    }

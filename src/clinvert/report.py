@@ -101,18 +101,14 @@ def plot_curves(table: str, out: Path, summary: list[dict]) -> bytes:
 
 def recovered_latents(run: Path, samples: int = 2000) -> tuple[np.ndarray, np.ndarray]:
     """Fresh latents z and the encoder's f(g(z)) for a finished run directory."""
-    from clinvert.train import (
-        STREAM_TEST,
-        build_experiment,
-        derive_seed,
-        encode,
-        make_generator,
-    )
+    from clinvert.data.sources import STREAM_TEST, derive_seed, encode, make_generator
+    from clinvert.experiment import build_experiment
+    from clinvert.rundir import load_checkpoint
 
     cfg = validate_config(read_run_config(run))
     device = torch.device("cpu")
     exp = build_experiment(cfg, device)
-    state = torch.load(run / "checkpoint.pt", map_location=device, weights_only=False)
+    state = load_checkpoint(run / "checkpoint.pt", device)
     exp.model.load_state_dict(state["model"])
     gen = make_generator(derive_seed(cfg.train.seed, STREAM_TEST), device)
     z = exp.process.sample_marginal(samples, gen, device)

@@ -118,9 +118,11 @@ def execute(spec: RunSpec) -> dict[str, Any]:
     """Run (or resume, or skip) one spec; returns its result. Safe to call in any process."""
     import torch
 
+    from clinvert.runtime import configure_process
     from clinvert.train import Trainer
 
     torch.set_num_threads(max(1, spec.threads))
+    configure_process()
     out = Path(spec.out_dir)
     cfg = spec.resolve()
     if _is_stale(out, cfg.to_yaml()):  # the row's config changed since this run: scores are stale

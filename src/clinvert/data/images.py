@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from clinvert.config import ConfigError
+from clinvert.errors import ConfigError
 from clinvert.data.threedident.factors import FACTORS, MODES, PERIODIC
 from clinvert.data.threedident.store import FORMAT
 

@@ -26,8 +26,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from clinvert.data.images import ImageDataset, load_image_dataset
+from clinvert.data.sources import batch_seed
 from clinvert.latents.distributions import NoiseLaw, truncated_add
 from clinvert.latents.spaces import Box
+from clinvert.metrics import embed_latents
 
 try:  # optional: exact search without faiss falls back to a KD-tree
     import faiss
@@ -35,17 +37,7 @@ except ImportError:  # pragma: no cover - exercised only where faiss is absent
     faiss = None
 
 NN_BACKENDS = ("auto", "faiss", "kdtree")
-
-
-def embed_latents(latents: np.ndarray, periodic: np.ndarray) -> np.ndarray:
-    """Search coordinates of latents [N, n]: linear factors as they are, angles as (cos, sin)."""
-    latents = np.asarray(latents, dtype=np.float32)
-    periodic = np.asarray(periodic, dtype=bool)
-    if not periodic.any():
-        return np.ascontiguousarray(latents)
-    angles = latents[:, periodic]
-    parts = [latents[:, ~periodic], np.cos(angles), np.sin(angles)]
-    return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
+__all__ = ["NearestNeighbours", "PairBatches", "batch_seed", "embed_latents", "make_pair_loader"]
 
 
 class NearestNeighbours:
@@ -103,12 +95,6 @@ class NearestNeighbours:
             _, idx = index.query(queries.astype(np.float64), k=k)
             idx = np.asarray(idx).reshape(queries.shape[0], k)
         return idx.astype(np.int64)
-
-
-def batch_seed(seed: int, stream: int, index: int) -> int:
-    """A 63-bit seed of batch ``index`` of a random stream."""
-    state = np.random.SeedSequence([seed, stream, index]).generate_state(2, dtype=np.uint64)
-    return int(state[0] >> 1)
 
 
 class PairBatches(Dataset):

@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from clinvert.latents.spaces import Box, Space, Sphere
+from clinvert.registry import CONDITIONALS, MARGINALS
+from clinvert.spec import LawSpec, PositiveFloat
 
 #: Rejection rounds before giving up on keeping a box conditional inside the box.
 MAX_TRUNCATION_ROUNDS = 1000
@@ -328,15 +334,94 @@ class NoiseConditional(Conditional):
         return repr(self.law)
 
 
+# --------------------------------------------------------------------------------------------------
+# Config sections and registrations
+# --------------------------------------------------------------------------------------------------
+class UniformSpec(LawSpec):
+    """Uniform marginal (sphere or box only)."""
+
+    name: Literal["uniform"]
+
+
+class NormalSpec(LawSpec):
+    """Normal law with standard deviation ``scale``."""
+
+    name: Literal["normal"]
+    scale: PositiveFloat
+
+
+class LaplaceSpec(LawSpec):
+    """Laplace law with scale ``scale``."""
+
+    name: Literal["laplace"]
+    scale: PositiveFloat
+
+
+class GennormSpec(LawSpec):
+    """Generalised normal law, density proportional to exp(-|x / scale|^beta)."""
+
+    name: Literal["gennorm"]
+    beta: PositiveFloat
+    scale: PositiveFloat
+
+
+class VMFSpec(LawSpec):
+    """von Mises-Fisher conditional with concentration ``kappa`` (sphere only)."""
+
+    name: Literal["vmf"]
+    kappa: PositiveFloat
+
+
+@dataclass(frozen=True)
+class Law:
+    """A registered marginal or conditional.
+
+    Attributes:
+        spec: its config section (a :class:`~clinvert.spec.LawSpec` subclass; fields = parameters).
+        build: ``build(**params) -> Marginal | Conditional``.
+        spaces: the latent spaces it is defined on (None: every space).
+        label: how tables write it (``"vMF"``), with parameter symbols in ``symbols``.
+    """
+
+    spec: type[LawSpec]
+    build: Callable[..., Any]
+    spaces: tuple[str, ...] | None = None
+    label: str = ""
+    symbols: dict[str, str] = field(default_factory=dict)
+
+
+def _noise(cls: type) -> Callable[..., Any]:
+    def build(name: str, **params: float) -> Any:
+        return cls(NoiseLaw(name, **params))
+
+    return build
+
+
+_NOISE_SPECS = {"normal": (NormalSpec, "Normal", "σ"), "laplace": (LaplaceSpec, "Laplace", "λ")}
+MARGINALS.register(
+    "uniform", Law(UniformSpec, lambda: UniformMarginal(), ("sphere", "box"), "Uniform")
+)
+CONDITIONALS.register(
+    "vmf", Law(VMFSpec, lambda kappa: VMFConditional(kappa), ("sphere",), "vMF", {"kappa": "κ"})
+)
+for _name, (_spec, _label, _symbol) in _NOISE_SPECS.items():
+    for _registry, _cls in ((MARGINALS, NoiseMarginal), (CONDITIONALS, NoiseConditional)):
+        _registry.register(
+            _name,
+            Law(_spec, partial(_noise(_cls), _name), None, _label, {"scale": _symbol}),
+        )
+for _registry, _cls in ((MARGINALS, NoiseMarginal), (CONDITIONALS, NoiseConditional)):
+    _registry.register(
+        "gennorm",
+        Law(GennormSpec, partial(_noise(_cls), "gennorm"), None, "GenNorm", {"beta": "β"}),
+    )
+
+
 def make_marginal(name: str, **params: float) -> Marginal:
-    """Build a marginal from its config name and parameters."""
-    if name == "uniform":
-        return UniformMarginal()
-    return NoiseMarginal(NoiseLaw(name, **params))
+    """Build a marginal from its config name and parameters (registry ``MARGINALS``)."""
+    return MARGINALS.get(name).build(**params)
 
 
 def make_conditional(name: str, **params: float) -> Conditional:
-    """Build a conditional from its config name and parameters."""
-    if name == "vmf":
-        return VMFConditional(**params)
-    return NoiseConditional(NoiseLaw(name, **params))
+    """Build a conditional from its config name and parameters (registry ``CONDITIONALS``)."""
+    return CONDITIONALS.get(name).build(**params)

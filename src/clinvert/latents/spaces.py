@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
+from clinvert.registry import SPACES
+
 
 class Space(ABC):
     """A latent space of dimension ``dim``."""
@@ -102,4 +104,5 @@ class Unbounded(Space):
         return torch.isfinite(z).all(dim=-1)
 
 
-SPACES: dict[str, type[Space]] = {"sphere": Sphere, "box": Box, "unbounded": Unbounded}
+for _space in (Sphere, Box, Unbounded):
+    SPACES.register(_space.name, _space)

@@ -1,19 +1,76 @@
-"""Encoders and output heads."""
+"""Encoders and output heads, each through a registry keyed by its config name.
+
+* ``ENCODERS`` (``model.encoder``): ``mlp`` (vectors), ``resnet18`` and ``conv`` (images); an entry
+  is an :class:`EncoderSpec`: how to build it and what it encodes.
+* ``HEADS`` (``model.output``): ``sphere``, ``box``, ``unbounded`` (:mod:`clinvert.models.heads`).
+
+A user's encoder is one function and one line::
+
+    @register_encoder("tiny", inputs="vector")
+    def tiny(in_dim, out_dim, **options):
+        return torch.nn.Sequential(torch.nn.Linear(in_dim, 64), torch.nn.ReLU(),
+                                   torch.nn.Linear(64, out_dim))
+
+after which ``model: {encoder: tiny}`` trains with it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
-from clinvert.models.heads import HEADS, BoxHead, SphereHead, UnboundedHead
+from clinvert.models.conv import ConvEncoder
+from clinvert.models.heads import BoxHead, SphereHead, UnboundedHead
 from clinvert.models.input_norm import INPUT_NORMS, ChannelNorm, InputNorm
 from clinvert.models.mlp import PAPER_WIDTHS, MLPEncoder
 from clinvert.models.resnet import ResNet18Encoder
+from clinvert.registry import ENCODERS, HEADS
 
-ENCODERS: dict[str, type[nn.Module]] = {"mlp": MLPEncoder, "resnet18": ResNet18Encoder}
-#: Encoders of images [B, C, H, W] (``in_dim`` is the number of channels).
-IMAGE_ENCODERS = ("resnet18",)
+#: What an encoder takes: ``vector`` observations [B, n] or ``image`` observations [B, C, H, W].
+INPUT_KINDS = ("vector", "image")
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """A registered encoder.
+
+    Attributes:
+        build: ``build(in_dim, out_dim, *, widths, negative_slope, stem) -> nn.Module``; ``in_dim``
+            is the number of features (vectors) or channels (images). Options an encoder does not
+            use go to ``**_``.
+        inputs: ``"vector"`` or ``"image"``; decides the input normalisation (whitening of vectors,
+            per-channel standardisation of images) and which pair sources it can train on.
+    """
+
+    build: Callable[..., nn.Module]
+    inputs: str = "vector"
+
+
+def register_encoder(
+    name: str, build: Callable[..., nn.Module] | None = None, *, inputs: str = "vector"
+) -> Any:
+    """Register an encoder builder under ``name`` (usable as a decorator); see the module doc."""
+    if inputs not in INPUT_KINDS:
+        raise ValueError(f"inputs must be one of {', '.join(INPUT_KINDS)}, got {inputs!r}")
+
+    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        ENCODERS.register(name, EncoderSpec(fn, inputs))
+        return fn
+
+    return add if build is None else add(build)
+
+
+ENCODERS.register("mlp", EncoderSpec(MLPEncoder, "vector"))
+ENCODERS.register("resnet18", EncoderSpec(ResNet18Encoder, "image"))
+ENCODERS.register("conv", EncoderSpec(ConvEncoder, "image"))
+
+
+def image_encoders() -> list[str]:
+    """Names of the registered encoders of images."""
+    return [name for name, spec in ENCODERS.items() if spec.inputs == "image"]
 
 
 class Model(nn.Module):
@@ -48,27 +105,18 @@ def make_model(
     """Build encoder + head from config names. ``scale`` is the sphere radius, the box bound or
     the unbounded output's scale (each learnable with ``learnable_scale``).
 
-    For an image encoder (``resnet18``) ``in_dim`` is the number of channels, ``widths`` is unused,
-    ``stem`` picks the ResNet stem and ``input_norm`` is per-channel (:class:`ChannelNorm`).
+    For an image encoder (``resnet18``, ``conv``) ``in_dim`` is the number of channels, ``widths``
+    is unused, ``stem`` picks the ResNet stem and ``input_norm`` is per-channel
+    (:class:`ChannelNorm`).
     """
-    if encoder not in ENCODERS:
-        raise ValueError(f"model.encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
-    if output not in HEADS:
-        raise ValueError(f"model.output must be one of {', '.join(HEADS)}, got {output!r}")
-    if encoder in IMAGE_ENCODERS:
-        enc: nn.Module = ENCODERS[encoder](
-            in_dim, out_dim, negative_slope=negative_slope, stem=stem
-        )
+    spec: EncoderSpec = ENCODERS.get(encoder)
+    head_cls = HEADS.get(output)
+    enc = spec.build(in_dim, out_dim, widths=widths, negative_slope=negative_slope, stem=stem)
+    if spec.inputs == "image":
         norm: nn.Module = ChannelNorm(in_dim, input_norm)
     else:
-        enc = ENCODERS[encoder](in_dim, out_dim, widths=widths, negative_slope=negative_slope)
         norm = InputNorm(in_dim, input_norm)
-    if output == "sphere":
-        head: nn.Module = SphereHead(out_dim, radius=scale, learnable=learnable_scale)
-    elif output == "box":
-        head = BoxHead(out_dim, bound=scale, learnable=learnable_scale)
-    else:
-        head = UnboundedHead(out_dim, scale=scale, learnable=learnable_scale)
+    head = head_cls(out_dim, scale, learnable_scale)
     return Model(enc, head, norm)
 
 
@@ -80,11 +128,14 @@ __all__ = [
     "PAPER_WIDTHS",
     "BoxHead",
     "ChannelNorm",
-    "IMAGE_ENCODERS",
+    "ConvEncoder",
+    "EncoderSpec",
     "ResNet18Encoder",
     "MLPEncoder",
     "Model",
     "SphereHead",
     "UnboundedHead",
+    "image_encoders",
     "make_model",
+    "register_encoder",
 ]

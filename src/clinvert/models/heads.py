@@ -1,4 +1,6 @@
-"""Output heads: put the encoder's output into the model's latent space.
+"""Output heads: put the encoder's output into the model's latent space (registry ``HEADS``).
+
+A head is ``cls(dim, scale, learnable)``: ``scale`` is the radius, the bound or the output scale.
 
 * ``sphere``: divide by the norm, times a radius (fixed, or learnable: the cosine InfoNCE optimum has
   r^2 = kappa * tau).
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from clinvert.registry import HEADS
 
 
 class SphereHead(nn.Module):
@@ -74,8 +78,6 @@ class UnboundedHead(nn.Module):
         return h if self.identity else self.log_scale.exp() * h
 
 
-HEADS: dict[str, type[nn.Module]] = {
-    "sphere": SphereHead,
-    "box": BoxHead,
-    "unbounded": UnboundedHead,
-}
+HEADS.register("sphere", SphereHead)
+HEADS.register("box", BoxHead)
+HEADS.register("unbounded", UnboundedHead)

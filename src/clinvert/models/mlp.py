@@ -42,6 +42,7 @@ class MLPEncoder(nn.Module):
         widths: Sequence[int] = PAPER_WIDTHS,
         negative_slope: float = 0.2,
         blockwise: bool = True,
+        **_: object,
     ) -> None:
         super().__init__()
         sizes = [in_dim, *(w * in_dim for w in widths), out_dim]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clinvert.config import ConfigError
+from clinvert.errors import ConfigError
 from clinvert.data.threedident import scene
 from clinvert.data.threedident.factors import to_physical
 from clinvert.data.threedident.teapot import teapot_mesh

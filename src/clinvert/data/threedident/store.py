@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from clinvert.config import ConfigError
+from clinvert.errors import ConfigError
 from clinvert.data.threedident import cycles
 from clinvert.data.threedident.factors import FACTORS, check_mode, sample_latents
 from clinvert.io import write_bytes, write_json
