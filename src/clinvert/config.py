@@ -130,6 +130,8 @@ class ModelConfig(_Section):
     similarity: Annotated[str, _registered(SIMILARITIES)] = "cosine"
     p: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 2.0
     tau: PositiveFloat = 1.0
+    #: Outputs of the encoder (None: ``latent.dim``, one per true latent).
+    output_dim: Annotated[int, Field(ge=1, le=65536)] | None = None
     #: Count each anchor among its own negatives (exp(s(a, a) / tau) in the denominator), as the
     #: paper's code does; see :func:`clinvert.losses.info_nce`.
     self_negative: bool = False
@@ -196,6 +198,9 @@ class RunConfig(_Section):
     """A whole run."""
 
     name: str | None = None
+    #: Modules that register components this config names (``mypkg.similarities`` or a
+    #: ``path/to/file.py``, relative to the working directory); imported before validation.
+    plugins: Annotated[list[str], Field(max_length=64)] = []
     matched: bool | None = None
     claims: Annotated[list[Claim], Field(max_length=8)] = []
     latent: LatentConfig = LatentConfig()
@@ -222,8 +227,12 @@ class RunConfig(_Section):
             del out["model"]["stem"]
         if not self.model.self_negative:
             del out["model"]["self_negative"]
+        if self.model.output_dim is None:
+            del out["model"]["output_dim"]
         if self.log == LogConfig():
             del out["log"]
+        if not self.plugins:
+            del out["plugins"]
         return out
 
     def to_yaml(self) -> str:
@@ -347,12 +356,22 @@ def _check_combinations(cfg: RunConfig) -> None:
                 f"latent.{field}.name: {name} is only defined on {where}, got "
                 f"space={latent.space} (allowed there: {', '.join(there)})"
             )
+    if model.output == "sphere" and (model.output_dim or latent.dim) < 2:
+        raise ConfigError(
+            f"model.output_dim: a sphere output needs at least 2 dimensions, got "
+            f"{model.output_dim or latent.dim} (use output box or unbounded)"
+        )
     outputs = SIMILARITIES.get(model.similarity).outputs
     if outputs is not None and model.output not in outputs:
         raise ConfigError(
             f"model.similarity: {model.similarity} needs model.output {' | '.join(outputs)}, got "
             f"output={model.output} (use similarity lp)"
         )
+
+
+def _check_encoder(cfg: RunConfig) -> None:
+    """Options that apply to some encoders only."""
+    model = cfg.model
     encoder = ENCODERS.get(model.encoder)
     if model.stem != "imagenet" and model.encoder != "resnet18":
         raise ConfigError(
@@ -395,6 +414,52 @@ def check_data_dirs(cfg: RunConfig) -> None:
     SOURCES.get(cfg.data.source).check_paths(cfg)
 
 
+def import_plugins(plugins: Any) -> None:
+    """Import the modules of a config's ``plugins`` list (each registers its components).
+
+    A name ending in ``.py`` is a file path (relative to the working directory); anything else is a
+    module name, looked up on ``sys.path`` with the working directory first. A module is imported
+    once per process.
+    """
+    if plugins is None:
+        return
+    if not isinstance(plugins, list) or not all(isinstance(p, str) and p for p in plugins):
+        raise ConfigError(f"plugins: must be a list of module names or .py paths, got {plugins!r}")
+    import importlib
+    import importlib.util
+    import sys
+
+    for plugin in plugins:
+        try:
+            if plugin.endswith(".py"):
+                path = Path(plugin).resolve()
+                name = "clinvert_plugin_" + re.sub(r"\W", "_", str(path))
+                if name in sys.modules:
+                    continue
+                if not path.is_file():
+                    raise ConfigError(f"plugins: file not found, got {plugin!r}")
+                spec = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[name]
+                    raise
+            else:
+                cwd = str(Path.cwd())
+                if cwd not in sys.path:
+                    sys.path.insert(0, cwd)
+                importlib.import_module(plugin)
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's module failed: say which and why
+            first = str(exc).splitlines()[0][:160] if str(exc) else ""
+            raise ConfigError(
+                f"plugins: importing {plugin!r} failed ({type(exc).__name__}: {first})"
+            ) from None
+
+
 def validate_config(data: Any) -> RunConfig:
     """Validate a nested dictionary into a :class:`RunConfig` or raise a one-line :class:`ConfigError`."""
     load_builtins()
@@ -402,12 +467,14 @@ def validate_config(data: Any) -> RunConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"<config>: must be a mapping of sections, got {type(data).__name__}")
+    import_plugins(data.get("plugins"))
     try:
         cfg = RunConfig.model_validate(_resolve_tagged(data))
     except ValidationError as exc:
         raise _one_line(exc) from None
     _check_combinations(cfg)
     _check_source(cfg)
+    _check_encoder(cfg)
     return cfg
 
 

@@ -57,7 +57,7 @@ def init_model(cfg: RunConfig, device: torch.device, in_dim: int) -> Model:
         torch.manual_seed(derive_seed(cfg.train.seed, STREAM_INIT))
         return make_model(
             in_dim,
-            cfg.latent.dim,
+            m.output_dim or cfg.latent.dim,
             m.output,
             encoder=m.encoder,
             widths=m.widths,

@@ -84,6 +84,7 @@ class Registry(Generic[T]):
         Raises:
             RegistryError: one line naming the field, the value and the allowed names.
         """
+        load_builtins()
         try:
             return self._items[name]
         except (KeyError, TypeError):  # TypeError: an unhashable name from YAML
@@ -93,19 +94,24 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """Registered names, in registration order."""
+        load_builtins()
         return list(self._items)
 
     def __contains__(self, name: object) -> bool:
+        load_builtins()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
+        load_builtins()
         return iter(self._items)
 
     def __len__(self) -> int:
+        load_builtins()
         return len(self._items)
 
     def items(self) -> list[tuple[str, T]]:
         """(name, component) pairs in registration order."""
+        load_builtins()
         return list(self._items.items())
 
     def __repr__(self) -> str:
@@ -156,6 +162,10 @@ def load_builtins() -> None:
         return
     import importlib
 
-    for module in _BUILTINS:
-        importlib.import_module(module)
-    _loaded = True
+    _loaded = True  # first: a builtin module that reads a registry while importing must not recurse
+    try:
+        for module in _BUILTINS:
+            importlib.import_module(module)
+    except BaseException:
+        _loaded = False
+        raise

@@ -98,6 +98,8 @@ def as_observations(x: Any, name: str) -> np.ndarray:
         arr = arr.astype(np.float32) / np.float32(255.0)
     else:
         arr = arr.astype(np.float32, copy=False)
+    if not arr.flags.writeable:  # a memory-mapped .npy: torch wants memory it may own
+        arr = np.array(arr)
     if arr.ndim == 3:
         arr = arr[:, None]
     if not np.isfinite(arr).all():
