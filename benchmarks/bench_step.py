@@ -120,8 +120,10 @@ def run_case(impl: str, name: str, batch: int, repeats: int) -> dict:
 
     from clinvert.config import validate_config
     from clinvert.models.mlp import MLPEncoder
+    from clinvert.runtime import configure_process
     from clinvert.train import Trainer, build_experiment, make_optimizer
 
+    configure_process()  # as `clinvert train` does: flush denormals, keep freed memory mapped
     cfg = validate_config(case_config(name, batch))
     phases: dict[str, list[float]] = {}
     times = []
@@ -131,7 +133,7 @@ def run_case(impl: str, name: str, batch: int, repeats: int) -> dict:
 
         def step() -> None:
             marks = [time.perf_counter()]
-            z, zt = exp.process.sample_pairs(batch, trainer.generator, trainer.device)
+            z, zt = exp.process.sample_pairs(batch, trainer.source.generator, trainer.device)
             marks.append(time.perf_counter())
             x = exp.mixing(torch.cat([z, zt]))
             marks.append(time.perf_counter())
@@ -220,8 +222,10 @@ def run_ablation(name: str, batch: int, repeats: int) -> dict:
 
     from clinvert.config import validate_config
     from clinvert.models.mlp import MLPEncoder
+    from clinvert.runtime import configure_process
     from clinvert.train import Trainer
 
+    configure_process()
     trainer = Trainer(validate_config(case_config(name, batch)), tempfile.mkdtemp(), progress=False)
     encoders = [m for m in trainer.exp.model.modules() if isinstance(m, MLPEncoder)]
     peak, flops = PeakSampler(), step_flops(name, batch) / 1e9
@@ -235,6 +239,7 @@ def run_ablation(name: str, batch: int, repeats: int) -> dict:
                 enc.blockwise = mode == "blockwise"
             start = time.perf_counter()
             trainer.train_step()
+            trainer.step += 1  # the source serves batches in order
             if rep:  # the first round warms up
                 times[mode].append(time.perf_counter() - start)
                 fractions[mode].append(flops / times[mode][-1] / gflops)

@@ -34,8 +34,10 @@ PRESETS = ROOT / "configs" / "synthetic" / "fast"
 def run_preset(name: str, cfg: RunConfig, budget_s: float, eval_every: int) -> dict:
     """Train preset ``name`` (its validated config ``cfg``) until its claim holds or ``budget_s`` of
     training time is spent."""
+    from clinvert.runtime import configure_process
     from clinvert.train import Trainer
 
+    configure_process()  # as `clinvert train` does
     (claim,) = cfg.claims
     trainer = Trainer(cfg, tempfile.mkdtemp(prefix="ttq-"), progress=False)
     curve, train_s, eval_s, best = [], 0.0, 0.0, float("-inf")
@@ -47,7 +49,7 @@ def run_preset(name: str, cfg: RunConfig, budget_s: float, eval_every: int) -> d
             trainer.step += 1
         train_s += time.perf_counter() - start
         start = time.perf_counter()
-        score = trainer.evaluate(trainer.z_eval)[claim.metric]
+        score = trainer.evaluate("eval")[claim.metric]
         eval_s += time.perf_counter() - start
         best = max(best, score)
         curve.append({"step": trainer.step, "train_seconds": round(train_s, 2), "score": score})

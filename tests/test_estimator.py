@@ -189,7 +189,9 @@ def test_load_a_run_directory_written_by_clinvert_train(tmp_path: Path) -> None:
     from clinvert.config import read_run_config, validate_config
     from clinvert.data.synthetic import SyntheticSource
 
-    source = SyntheticSource(validate_config(read_run_config(tmp_path / "run")), torch.device("cpu"))
+    source = SyntheticSource(
+        validate_config(read_run_config(tmp_path / "run")), torch.device("cpu")
+    )
     z = source.latents("test")
     codes = enc.transform(source.mixing(z).numpy())
     assert codes.shape == (512, 3)

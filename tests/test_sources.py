@@ -72,7 +72,7 @@ def test_registry_names_register_and_refuse_duplicates() -> None:
     assert set(ENCODERS.names()) >= {"mlp", "resnet18", "conv"}
 
 
-PLUGIN = '''
+PLUGIN = """
 import torch
 import clinvert
 
@@ -85,10 +85,12 @@ def neg_sq_l2(a, b, p):
 @clinvert.register_encoder("tiny_plugin", inputs="vector")
 def tiny(in_dim, out_dim, **options):
     return torch.nn.Sequential(torch.nn.Linear(in_dim, 16), torch.nn.ReLU(), torch.nn.Linear(16, out_dim))
-'''
+"""
 
 
-def test_a_registered_similarity_and_encoder_train_from_yaml(tmp_path: Path, npy, monkeypatch) -> None:
+def test_a_registered_similarity_and_encoder_train_from_yaml(
+    tmp_path: Path, npy, monkeypatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "my_plugin.py").write_text(PLUGIN)
     config = arrays_config(
@@ -103,7 +105,9 @@ def test_a_registered_similarity_and_encoder_train_from_yaml(tmp_path: Path, npy
         result = json.loads((tmp_path / "run" / "result.json").read_text())
         assert result["status"] == "finished" and result["config"]["plugins"] == ["my_plugin.py"]
         assert result["config"]["model"]["similarity"] == "neg_sq_l2_plugin"
-        rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        ]
         assert rows[-1]["loss"] < rows[1]["loss"] + 1.0 and np.isfinite(rows[-1]["loss"])
         # the same name without the plugin is refused with the allowed names
         del config["plugins"]
@@ -123,7 +127,9 @@ def test_a_registered_similarity_and_encoder_train_from_yaml(tmp_path: Path, npy
 def test_a_plugin_that_fails_to_import_is_one_line(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
-    with pytest.raises(ConfigError, match=r"^plugins: importing 'broken.py' failed \(RuntimeError: boom\)"):
+    with pytest.raises(
+        ConfigError, match=r"^plugins: importing 'broken.py' failed \(RuntimeError: boom\)"
+    ):
         validate_config({"plugins": ["broken.py"]})
     with pytest.raises(ConfigError, match="plugins: importing 'no_such_module_x'"):
         validate_config({"plugins": ["no_such_module_x"]})
@@ -132,7 +138,9 @@ def test_a_plugin_that_fails_to_import_is_one_line(tmp_path: Path, monkeypatch) 
 # ----- arrays source -------------------------------------------------------------------------------
 def test_arrays_pairs_and_sequences_train_from_npy_files(tmp_path: Path, npy) -> None:
     pairs = arrays_config({"x": str(npy["x"]), "x_positive": str(npy["x_pos"]), "z": str(npy["z"])})
-    assert main(["train", str(write(tmp_path, pairs)), "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    assert (
+        main(["train", str(write(tmp_path, pairs)), "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    )
     result = json.loads((tmp_path / "p" / "result.json").read_text())
     assert result["data"]["pairs"] == "x / x_positive" and result["data"]["rows"] == 500
     assert result["identity"]["r2"] is not None and result["final"]["mcc"] > 0
@@ -147,6 +155,18 @@ def test_arrays_pairs_and_sequences_train_from_npy_files(tmp_path: Path, npy) ->
     # resumable: continuing the finished run to more steps works from its checkpoint
     assert main(["train", "--resume", str(out), "--steps", "18", "--quiet"]) == 0
     assert json.loads((out / "result.json").read_text())["steps"] == 18
+
+
+def test_arrays_without_latents_train_and_say_there_is_nothing_to_score(
+    tmp_path: Path, npy, capsys
+) -> None:
+    config = arrays_config({"x": str(npy["x"]), "x_positive": str(npy["x_pos"])})
+    assert (
+        main(["train", str(write(tmp_path, config)), "--out", str(tmp_path / "n"), "--quiet"]) == 0
+    )
+    result = json.loads((tmp_path / "n" / "result.json").read_text())
+    assert result["final"]["r2"] is None and np.isfinite(result["final"]["loss"])
+    assert "no ground-truth latents" in capsys.readouterr().out
 
 
 def test_arrays_batches_are_a_function_of_seed_and_step(npy) -> None:
@@ -196,7 +216,9 @@ class Rows(Callback):
         self.closed = True
 
 
-def test_trainer_runs_in_memory_with_callbacks_and_writes_nothing(tmp_path: Path, npy, monkeypatch) -> None:
+def test_trainer_runs_in_memory_with_callbacks_and_writes_nothing(
+    tmp_path: Path, npy, monkeypatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     before = set(os.listdir(tmp_path))
     cfg = validate_config(
@@ -218,7 +240,9 @@ def test_result_json_is_self_describing(tmp_path: Path) -> None:
         "train": {**TINY_TRAIN, "steps": 4},
         "eval": {"every": 2, "samples": 64},
     }
-    assert main(["train", str(write(tmp_path, config)), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    assert (
+        main(["train", str(write(tmp_path, config)), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    )
     result = json.loads((tmp_path / "r" / "result.json").read_text())
     assert result["config"] == yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert result["versions"]["clinvert"] and "git_commit" in result["versions"]
@@ -234,7 +258,9 @@ def test_tensorboard_event_files_appear_when_enabled(tmp_path: Path) -> None:
         "eval": {"every": 2, "samples": 64},
         "log": {"tensorboard": True},
     }
-    assert main(["train", str(write(tmp_path, config)), "--out", str(tmp_path / "tb"), "--quiet"]) == 0
+    assert (
+        main(["train", str(write(tmp_path, config)), "--out", str(tmp_path / "tb"), "--quiet"]) == 0
+    )
     events = list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -286,6 +286,18 @@ def test_train_on_images_writes_the_run_directory_and_resumes_exactly(toy, tmp_p
     assert lines[9].startswith("| full | ") and lines[10].startswith("| part | ")
     assert main(["threedident", "table", str(tmp_path / "nothing")]) == 2
 
+    # The run directory as a fitted estimator: the dataset's uint8 [N, S, S, 3] images in, the codes
+    # the run scored out (its final R² again).
+    from clinvert import load
+
+    encoder = load(run)
+    test = load_image_dataset(toy["test"])
+    codes = encoder.transform(np.asarray(test.images))
+    assert codes.shape == (96, 10)
+    assert encoder.score(np.asarray(test.images), test.latents) == pytest.approx(
+        final["r2"], abs=1e-5
+    )
+
 
 def test_periodic_scores_use_the_angle_embedding(tmp_path: Path) -> None:
     from clinvert.data.threedident.source import ThreeDIdentSource

@@ -17,15 +17,17 @@ from clinvert.config import ConfigError, describe_model, describe_process, load_
 
 EPILOG_TRAIN = """\
 examples:
-  clinvert train configs/synthetic/examples/sphere-vmf10.yaml --out runs/sphere
-  clinvert train configs/synthetic/examples/box-laplace-l1.yaml --out runs/box \\
+  clinvert train configs/synthetic/examples/sphere-uniform-vmf10__sphere-cosine-tau0.1.yaml \\
+      --out runs/sphere
+  clinvert train configs/synthetic/examples/box-uniform-laplace0.1__box-l1.yaml --out runs/box \\
       --set train.steps=2000 --set latent.conditional.scale=0.1
   clinvert train --resume runs/box            # continue from runs/box/checkpoint.pt
   clinvert train configs/synthetic/table2/box-uniform-laplace0.05__box-l1.yaml --profile quick \
       --out runs/l1-quick                      # a table row at its quick (2-core) size
 
 The run directory receives config.yaml (resolved), metrics.jsonl (one line per evaluation),
-result.json (final scores on fresh samples, identity baseline) and checkpoint.pt.
+result.json (final scores on fresh samples, identity baseline, resolved config, version, commit) and
+checkpoint.pt. Your own arrays train with data: {source: arrays, x: x.npy, x_positive: x_pos.npy}.
 """
 
 
@@ -222,17 +224,23 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("clinvert") / "defaults" / "demo.yaml"))
 
 
+def _cell(value) -> str:
+    return f"{value:8.3f}" if isinstance(value, int | float) else f"{'-':>8s}"
+
+
 def print_comparison(result: dict) -> None:
-    """Print identity vs learned R^2 and MCC of a result."""
+    """Print identity vs learned R^2 and MCC of a result ('-' where the source has no latents)."""
     ident, final = result["identity"], result.get("final")
     print()
     print(f"{'':24s}{'R2':>8s}{'MCC':>8s}")
-    images = "baseline" in ident  # image runs: a linear fit on pooled pixels, not g(z) itself
-    label = "identity  pixels" if images else "identity  z vs g(z)"
-    print(f"{label:24s}{ident['r2']:8.3f}{ident['mcc']:8.3f}")
+    images = "baseline" in ident  # a linear fit on pooled pixels or observations, not g(z) itself
+    label = "identity  observations" if images else "identity  z vs g(z)"
+    print(f"{label:24s}{_cell(ident.get('r2'))}{_cell(ident.get('mcc'))}")
     if final:
-        label = "learned   z vs f(image)" if images else "learned   z vs f(g(z))"
-        print(f"{label:24s}{final['r2']:8.3f}{final['mcc']:8.3f}")
+        label = "learned   z vs f(x)" if images else "learned   z vs f(g(z))"
+        print(f"{label:24s}{_cell(final.get('r2'))}{_cell(final.get('mcc'))}")
+        if final.get("r2") is None:
+            print("(no ground-truth latents: nothing to score; give data.z to score the codes)")
     else:
         print(f"learned: run {result['status']}: {result.get('error', '')}")
     print(f"({result['steps']} steps, {result['wall_seconds']:.0f} s on {result['device']})")

@@ -346,7 +346,9 @@ def _check_combinations(cfg: RunConfig) -> None:
         name = getattr(latent, field).name
         spaces = registry.get(name).spaces
         if spaces is not None and latent.space not in spaces:
-            there = [n for n, law in registry.items() if law.spaces is None or latent.space in law.spaces]
+            there = [
+                n for n, law in registry.items() if law.spaces is None or latent.space in law.spaces
+            ]
             if len(spaces) == 1:
                 where = f"space {spaces[0]}"
             else:

@@ -137,9 +137,9 @@ class ContrastiveEncoder(TransformerMixin, BaseEstimator):
         output: str = "sphere",
         encoder: str = "auto",
         widths: Sequence[int] = (10, 50, 50, 10),
-        steps: int = 3000,
-        batch_size: int = 1024,
-        lr: float = 2e-3,
+        steps: int = 5000,
+        batch_size: int = 512,
+        lr: float = 5e-3,
         schedule: str = "cosine",
         warmup_steps: int = 200,
         max_delta_t: int = 1,
@@ -306,7 +306,9 @@ class ContrastiveEncoder(TransformerMixin, BaseEstimator):
             arr = np.moveaxis(arr, -1, 1)  # [N, H, W, C] -> [N, C, H, W]
         x = as_observations(arr, "X")
         if self.observations_ == "vector" and x.shape[1:] != shape:
-            raise ConfigError(f"X: expected observations of shape {list(shape)}, got {list(x.shape[1:])}")
+            raise ConfigError(
+                f"X: expected observations of shape {list(shape)}, got {list(x.shape[1:])}"
+            )
         if self.observations_ == "image" and x.shape[1] != shape[0]:
             raise ConfigError(
                 f"X: expected images with {shape[0]} channel(s) [N, {shape[0]}, H, W], got "
@@ -402,7 +404,9 @@ def load(path: str | Path, device: str = "cpu") -> ContrastiveEncoder:
     dev = torch.device(device)
     if path.is_dir():
         if not (path / "config.yaml").is_file():
-            raise ConfigError(f"load: {path} is a directory without config.yaml (not a run directory)")
+            raise ConfigError(
+                f"load: {path} is a directory without config.yaml (not a run directory)"
+            )
         cfg = validate_config(read_run_config(path))
         state = load_checkpoint(path / CHECKPOINT, dev)
         if "model" not in state:

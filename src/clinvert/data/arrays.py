@@ -167,7 +167,9 @@ class ArraysSource(PairSource):
         spec = cfg.data
         if x is None:
             if spec.x is None:
-                raise ConfigError("data.x: required for source arrays (a .npy path or a list of them)")
+                raise ConfigError(
+                    "data.x: required for source arrays (a .npy path or a list of them)"
+                )
             x = [_load_npy(p, names["x"]) for p in _as_list(spec.x)]
             x = x if isinstance(spec.x, list) else x[0]
         if x_positive is None and spec.x_positive is not None:
@@ -233,12 +235,13 @@ class ArraysSource(PairSource):
             self.max_delta_t = self.cfg.data.max_delta_t
             self.x_positive = None
             if z is not None:
-                zs = [as_latents(zz, len(s), names["z"]) for zz, s in zip(_as_list(z), seqs)]
-                if len(zs) != len(seqs):
+                z_list = _as_list(z)
+                if len(z_list) != len(seqs):
                     raise ConfigError(
-                        f"{names['z']}: {len(zs)} latent arrays for {len(seqs)} sequences"
+                        f"{names['z']}: {len(z_list)} latent arrays for {len(seqs)} sequences"
                     )
-                z = np.concatenate(zs)
+                pairs = zip(z_list, seqs, strict=True)
+                z = np.concatenate([as_latents(zz, len(s), names["z"]) for zz, s in pairs])
         else:
             data = as_observations(x, names["x"])
             pos = as_observations(x_positive, names["x_positive"])
@@ -267,7 +270,11 @@ class ArraysSource(PairSource):
                     f"are {list(self.x.shape[1:])}"
                 )
             self.eval_x = torch.as_tensor(tx).to(self.device)
-            self.eval_z = None if test_z is None else torch.as_tensor(as_latents(test_z, len(tx), names["test_z"]))
+            self.eval_z = (
+                None
+                if test_z is None
+                else torch.as_tensor(as_latents(test_z, len(tx), names["test_z"]))
+            )
             self.eval_on = "test arrays"
         else:
             count = min(self.cfg.eval.samples, len(self.x))
@@ -337,7 +344,7 @@ class ArraysSource(PairSource):
         """Scores of the observations themselves: vectors as they are (their first principal
         components when wider than a twentieth of the samples), images as pooled pixels."""
         if self.eval_z is None:
-            return {"r2": None, "mcc": None}
+            return {"baseline": "none: no ground-truth latents", "r2": None, "mcc": None}
         x, m = self.eval_x, len(self.eval_x)
         if self.observations == "image":
             grid = pixel_grid(m * 3 // max(1, x.shape[1]))

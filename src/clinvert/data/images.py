@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from clinvert.errors import ConfigError
 from clinvert.data.threedident.factors import FACTORS, MODES, PERIODIC
 from clinvert.data.threedident.store import FORMAT
+from clinvert.errors import ConfigError
 
 #: Factors stored as angles in [-pi, pi) in ``periodic`` mode (positions stay in [-1, 1]).
 PERIODIC_FACTORS = tuple(FACTORS[i] for i in PERIODIC)

@@ -112,8 +112,8 @@ class PairSource(ABC):
     observations: str
 
     # ----- config time (before any work) -------------------------------------------------------
-    @classmethod
-    def check_config(cls, cfg: RunConfig) -> None:  # noqa: B027 - optional hook
+    @classmethod  # noqa: B027 - an optional hook
+    def check_config(cls, cfg: RunConfig) -> None:
         """Raise a one-line ConfigError for combinations this source cannot train."""
 
     @classmethod
@@ -121,8 +121,8 @@ class PairSource(ABC):
         """``"vector"`` or ``"image"`` when the config decides it, None when the data does."""
         return None
 
-    @classmethod
-    def check_paths(cls, cfg: RunConfig) -> None:  # noqa: B027 - optional hook
+    @classmethod  # noqa: B027 - an optional hook
+    def check_paths(cls, cfg: RunConfig) -> None:
         """Raise a one-line ConfigError naming the field when a file the config names is missing."""
 
     # ----- training ----------------------------------------------------------------------------

@@ -96,7 +96,9 @@ class SyntheticSource(PairSource):
 
     def pairs(self, step: int) -> tuple[Tensor, Tensor]:
         self._advance(step)
-        z, z_tilde = self.process.sample_pairs(self.cfg.train.batch_size, self.generator, self.device)
+        z, z_tilde = self.process.sample_pairs(
+            self.cfg.train.batch_size, self.generator, self.device
+        )
         return self.mixing(z), self.mixing(z_tilde)
 
     def labelled(self, step: int) -> tuple[Tensor, Tensor]:

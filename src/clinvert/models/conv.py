@@ -28,7 +28,9 @@ class ConvEncoder(nn.Module):
         hidden: channels of the last convolution (256 in SlowVAE).
     """
 
-    def __init__(self, in_dim: int = 1, out_dim: int = 10, *, hidden: int = 256, **_: object) -> None:
+    def __init__(
+        self, in_dim: int = 1, out_dim: int = 10, *, hidden: int = 256, **_: object
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_dim

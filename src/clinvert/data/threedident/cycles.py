@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from clinvert.errors import ConfigError
 from clinvert.data.threedident import scene
 from clinvert.data.threedident.factors import to_physical
 from clinvert.data.threedident.teapot import teapot_mesh
+from clinvert.errors import ConfigError
 from clinvert.runtime import available_cores
 
 VERSION = "blender 5.0.1 cycles"

@@ -17,7 +17,6 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-
 from clinvert import metrics
 from clinvert.data.sources import (
     STREAM_TRAIN,

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from clinvert.errors import ConfigError
 from clinvert.data.threedident import cycles
 from clinvert.data.threedident.factors import FACTORS, check_mode, sample_latents
+from clinvert.errors import ConfigError
 from clinvert.io import write_bytes, write_json
 
 FORMAT = "clinvert-3dident/1"
