@@ -72,6 +72,36 @@ def test_registry_names_register_and_refuse_duplicates() -> None:
     assert set(ENCODERS.names()) >= {"mlp", "resnet18", "conv"}
 
 
+@pytest.mark.parametrize("self_negative", [False, True])
+def test_a_registered_similarity_takes_the_plain_path_with_the_same_values(self_negative) -> None:
+    from clinvert.losses import (
+        cosine_similarity_matrix,
+        info_nce,
+        lp_similarity_matrix,
+        register_similarity,
+    )
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 5, generator=gen, dtype=torch.float64)
+    a = torch.nn.functional.normalize(a, dim=1)
+    b = a + 0.3 * torch.randn(64, 5, generator=gen, dtype=torch.float64)
+    b = torch.nn.functional.normalize(b, dim=1)
+    try:
+        register_similarity("plain_cosine_test", cosine_similarity_matrix)
+        register_similarity("plain_lp_test", lp_similarity_matrix)
+        for fused, plain, p in (("cosine", "plain_cosine_test", 2.0), ("lp", "plain_lp_test", 1.0)):
+            a1, a2 = a.clone().requires_grad_(), a.clone().requires_grad_()
+            want = info_nce(a1, b, similarity=fused, p=p, tau=0.2, self_negative=self_negative)
+            got = info_nce(a2, b, similarity=plain, p=p, tau=0.2, self_negative=self_negative)
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+            want.backward()
+            got.backward()
+            torch.testing.assert_close(a2.grad, a1.grad, rtol=1e-8, atol=1e-10)
+    finally:
+        SIMILARITIES.unregister("plain_cosine_test")
+        SIMILARITIES.unregister("plain_lp_test")
+
+
 PLUGIN = """
 import torch
 import clinvert

@@ -1,20 +1,26 @@
 """Typed, validated run configuration: YAML in, one clear line out when something is wrong.
 
-A run configuration has five sections (see README, "Config format"), and an optional sixth::
+A run configuration has these sections (see README, "Config format")::
 
     latent:  dim, space, box, marginal{name, ...}, conditional{name, ...}
     mixing:  layers, seed, cond_quantile, cond_trials, weights
-    model:   encoder, stem, widths, output, learnable_scale, scale, similarity, p, tau,
-             self_negative
-    train:   batch_size, steps, lr, optimizer, schedule, warmup_steps, seed, device, checkpoint_every
+    model:   encoder, stem, input_norm, widths, negative_slope, output, output_dim,
+             learnable_scale, scale, similarity, p, tau, self_negative
+    train:   batch_size, steps, lr, optimizer, schedule, warmup_steps, seed, device, checkpoint_every,
+             objective
     eval:    every, samples, correlation
-    data:    source (synthetic | threedident), train_dir, test_dir, workers
+    data:    source, and the fields of that source (threedident: train_dir, test_dir, workers;
+             arrays: x, x_positive, z, max_delta_t, test_x, test_z)
+    log:     tensorboard
+    plugins: modules that register components, imported before validation
 
-With ``data.source: threedident`` the observations are rendered images instead of g(z): the
-``latent`` section still describes the latent process (a box [-1, 1]^10 with a uniform marginal and
-the conditional of positive pairs, snapped to the nearest rendered image), ``mixing`` is unused, and
-the encoder is ``resnet18``. A synthetic run's resolved config omits ``data`` and ``model.stem``, so
-its ``config.yaml`` reads exactly as before the image path existed.
+The names a field accepts come from the registries of :mod:`clinvert.registry` (spaces, laws,
+encoders, heads, similarities, sources), and the fields of a latent law or a pair source from the
+section class it registered, so a component registered by a user's module is valid in YAML at once.
+A source's own rules (3DIdent needs a box, a uniform marginal and a noise conditional) live with the
+source (:meth:`clinvert.data.sources.PairSource.check_config`). A synthetic run's resolved config
+omits ``data``, ``log``, ``plugins`` and unset newer fields, so its ``config.yaml`` reads exactly as
+in earlier versions and old run directories stay resumable.
 
 Every field is checked (types, ranges, names, and combinations such as ``vmf`` on a box) before any
 work starts; :class:`ConfigError` names the field, the value and what is allowed.
