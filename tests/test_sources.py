@@ -21,6 +21,14 @@ from clinvert.train import Trainer
 
 TINY_MODEL = {"widths": [4, 4], "output": "box", "similarity": "lp", "p": 1, "tau": 0.1}
 TINY_TRAIN = {"batch_size": 64, "steps": 12, "lr": 1e-3, "device": "cpu", "checkpoint_every": 6}
+#: A synthetic run of 4 steps on 3 latents (a second or two).
+TINY_SYNTHETIC = {
+    "latent": {"dim": 3},
+    "mixing": {"layers": 2, "cond_trials": 20},
+    "model": {"widths": [4], "tau": 0.1},
+    "train": {**TINY_TRAIN, "steps": 4},
+    "eval": {"every": 2, "samples": 64},
+}
 
 
 def arrays_config(data: dict, **model) -> dict:
@@ -263,13 +271,7 @@ def test_trainer_runs_in_memory_with_callbacks_and_writes_nothing(
 
 
 def test_result_json_is_self_describing(tmp_path: Path) -> None:
-    config = {
-        "latent": {"dim": 3},
-        "mixing": {"layers": 2, "cond_trials": 20},
-        "model": {"widths": [4], "tau": 0.1},
-        "train": {**TINY_TRAIN, "steps": 4},
-        "eval": {"every": 2, "samples": 64},
-    }
+    config = dict(TINY_SYNTHETIC)
     assert (
         main(["train", str(write(tmp_path, config)), "--out", str(tmp_path / "r"), "--quiet"]) == 0
     )
@@ -280,14 +282,7 @@ def test_result_json_is_self_describing(tmp_path: Path) -> None:
 
 def test_tensorboard_event_files_appear_when_enabled(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
-    config = {
-        "latent": {"dim": 3},
-        "mixing": {"layers": 2, "cond_trials": 20},
-        "model": {"widths": [4], "tau": 0.1},
-        "train": {**TINY_TRAIN, "steps": 4},
-        "eval": {"every": 2, "samples": 64},
-        "log": {"tensorboard": True},
-    }
+    config = {**TINY_SYNTHETIC, "log": {"tensorboard": True}}
     assert (
         main(["train", str(write(tmp_path, config)), "--out", str(tmp_path / "tb"), "--quiet"]) == 0
     )
@@ -312,13 +307,7 @@ class _Payload:
 
 
 def test_a_checkpoint_holding_code_is_refused_never_executed(tmp_path: Path) -> None:
-    config = {
-        "latent": {"dim": 3},
-        "mixing": {"layers": 2, "cond_trials": 20},
-        "model": {"widths": [4], "tau": 0.1},
-        "train": {**TINY_TRAIN, "steps": 4},
-        "eval": {"every": 2, "samples": 64},
-    }
+    config = dict(TINY_SYNTHETIC)
     run = tmp_path / "run"
     assert main(["train", str(write(tmp_path, config)), "--out", str(run), "--quiet"]) == 0
     marker = tmp_path / "executed"
