@@ -314,3 +314,73 @@ def test_periodic_scores_use_the_angle_embedding(tmp_path: Path) -> None:
     assert list(perfect["knn_r2_per_factor"]) == list(FACTORS)
     raw = data.score(torch.from_numpy(z))  # angles as numbers: the wrap-around is not affine
     assert raw["r2_per_factor"]["rot_alpha"] < 0.9 and raw["r2_per_factor"]["pos_x"] > 0.999
+
+
+# ----- the released 3DIdent layout -----------------------------------------------------------------
+def write_released(root: Path, n: int, size: int = 16, seed: int = 0) -> Path:
+    """A folder in exactly the paper's released layout: raw_latents.npy and images/<i>.png, i
+    zero-padded to ceil(log10(n)) digits, made from the toy renderer's images."""
+    from PIL import Image
+
+    toy = write_toy_dataset(root.parent / f"{root.name}-toy", n, size=size, seed=seed)
+    latents = np.load(toy / "latents.npy")
+    images = np.load(toy / "images.npy")
+    (root / "images").mkdir(parents=True)
+    np.save(root / "raw_latents.npy", latents.astype(np.float64))
+    width = math.ceil(math.log10(n))
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(root / "images" / f"{i:0{width}d}.png")
+    return root
+
+
+def test_released_layout_is_detected_and_read_as_the_pngs_say(tmp_path: Path) -> None:
+    root = write_released(tmp_path / "train", 120, seed=1)
+    assert sorted(p.name for p in (root / "images").iterdir())[:2] == ["000.png", "001.png"]
+    ds = load_image_dataset(root)
+    toy = load_image_dataset(tmp_path / "train-toy")
+    assert ds.manifest["format"] == "3dident-released" and ds.size == 16 and len(ds) == 120
+    assert ds.factors == list(FACTORS) and ds.mode == "box"
+    np.testing.assert_array_equal(ds.images[[3, 0, 119]], np.asarray(toy.images)[[3, 0, 119]])
+    np.testing.assert_array_equal(ds.images[5:8], np.asarray(toy.images)[5:8])
+    np.testing.assert_array_equal(ds.latents, toy.latents)
+
+
+def test_malformed_released_folders_are_refused_in_one_line(tmp_path: Path) -> None:
+    root = write_released(tmp_path / "bad", 12, seed=3)
+    (root / "images" / "07.png").unlink()
+    with pytest.raises(ConfigError, match=r"1 of 12 images missing \(first: 07.png; .* 2 digits"):
+        load_image_dataset(root)
+    (root / "images" / "7.png").write_bytes((root / "images" / "06.png").read_bytes())
+    with pytest.raises(ConfigError, match="07.png"):  # wrong padding does not count
+        load_image_dataset(root)
+    (root / "images" / "7.png").rename(root / "images" / "07.png")
+    np.save(root / "raw_latents.npy", np.zeros((12, 9)))
+    with pytest.raises(ConfigError, match=r"raw_latents.npy: expected float \[N, 10\]"):
+        load_image_dataset(root)
+    np.save(root / "raw_latents.npy", np.full((12, 10), 2.0))
+    with pytest.raises(ConfigError, match=r"outside \[-1, 1\]"):
+        load_image_dataset(root)
+    (root / "raw_latents.npy").unlink()
+    with pytest.raises(ConfigError, match=r"raw_latents.npy: missing") as err:
+        load_image_dataset(root)
+    assert "\n" not in str(err.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="neither a clinvert-3dident dataset .* nor the released"):
+        load_image_dataset(tmp_path / "empty")
+
+
+def test_released_layout_trains_at_another_size_with_workers(tmp_path: Path) -> None:
+    dirs = {
+        "train": write_released(tmp_path / "train", 120, size=24, seed=1),
+        "test": write_released(tmp_path / "test", 40, size=24, seed=2),
+    }
+    data = image_config(dirs, steps=2)
+    data["data"].update({"size": 16, "workers": 1})
+    data["eval"] = {"every": 2, "samples": 40}
+    cfg = tmp_path / "released.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "finished" and result["data"]["size"] == 16
+    assert result["data"]["train"]["backend"] == "released" and result["data"]["train"]["n"] == 120
+    assert all(math.isfinite(v) for v in result["final"]["r2_per_factor"].values())

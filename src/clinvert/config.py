@@ -229,6 +229,8 @@ class RunConfig(_Section):
         out = self.model_dump(mode="json")
         if self.data == SyntheticData():
             del out["data"]
+        else:  # unset optional fields of a source (data.size, data.test_x, ...) are left out
+            out["data"] = {k: v for k, v in out["data"].items() if v is not None}
         if self.model.encoder != "resnet18" and self.model.stem == "imagenet":
             del out["model"]["stem"]
         if not self.model.self_negative:

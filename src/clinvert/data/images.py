@@ -1,5 +1,9 @@
 """Load a rendered image dataset (format ``clinvert-3dident/1``) for training and evaluation.
 
+A folder in the layout of the paper's released 3DIdent (``raw_latents.npy`` and ``images/<i>.png``)
+is detected and read by :mod:`clinvert.data.threedident.released` into the same
+:class:`ImageDataset`.
+
 A dataset directory holds::
 
     DIR/manifest.json   {"format": "clinvert-3dident/1", "size": S, "n": N, "mode": "box"|"periodic",
@@ -84,7 +88,11 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     if not root.is_dir():
         raise _fail(root, "dataset directory not found")
     if not path.is_file():
-        raise _fail(path, "missing (not a clinvert-3dident dataset, or rendering never started)")
+        raise _fail(
+            path,
+            "missing: neither a clinvert-3dident dataset (or its rendering never started) nor the "
+            "released 3DIdent layout (raw_latents.npy and images/<i>.png)",
+        )
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -118,7 +126,11 @@ def _load_npy(path: Path, mmap: bool) -> np.ndarray:
 
 def load_image_dataset(root: str | Path) -> ImageDataset:
     """Load and check the dataset in ``root``; raise a one-line ConfigError naming the bad file."""
+    from clinvert.data.threedident.released import is_released, load_released
+
     root = Path(root)
+    if root.is_dir() and not (root / "manifest.json").exists() and is_released(root):
+        return load_released(root)
     manifest = _read_manifest(root)
     n, size, dim = manifest["n"], manifest["size"], len(manifest["factors"])
     lat_path, img_path = root / "latents.npy", root / "images.npy"

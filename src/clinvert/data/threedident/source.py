@@ -48,6 +48,8 @@ class ThreeDIdentData(DataSpec):
     train_dir: str | None = None
     test_dir: str | None = None
     workers: Annotated[int, Field(ge=0, le=64)] = 2
+    #: Resize images to ``size`` x ``size`` on the training device (None: the dataset's own size).
+    size: Annotated[int, Field(ge=8, le=1024)] | None = None
 
 
 class ThreeDIdentSource(PairSource):
@@ -87,6 +89,11 @@ class ThreeDIdentSource(PairSource):
                 raise ConfigError(
                     f"latent.box: box-mode datasets have latents in [-1, 1], got {cfg.latent.box}"
                 )
+        if self.train.size != self.test.size and cfg.data.size is None:
+            raise ConfigError(
+                f"data.size: train images are {self.train.size}x{self.train.size}, test images "
+                f"{self.test.size}x{self.test.size}; set data.size to train and test at one size"
+            )
         if self.test.factors != self.train.factors or self.test.mode != self.train.mode:
             raise ConfigError(
                 "data.test_dir: factors or mode differ from data.train_dir "
@@ -161,7 +168,13 @@ class ThreeDIdentSource(PairSource):
         """uint8 [B, S, S, 3] -> float [B, 3, S, S] in [0, 1] on the training device."""
         from clinvert.data.images import images_to_float
 
-        return images_to_float(images, self.device)
+        x = images_to_float(images, self.device)
+        size = self.cfg.data.size
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            x = torch.nn.functional.interpolate(
+                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+        return x
 
     def pairs(self, step: int) -> tuple[Tensor, Tensor]:
         batch = self._batch(step)
@@ -228,6 +241,7 @@ class ThreeDIdentSource(PairSource):
             "data": {
                 "train": self.train.describe(),
                 "test": self.test.describe(),
+                "size": self.cfg.data.size or self.train.size,
                 "factors": self.test.factors,
                 "workers": self.cfg.data.workers,
             },

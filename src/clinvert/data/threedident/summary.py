@@ -41,12 +41,16 @@ def _manifest(path: str | Path | None) -> dict[str, Any]:
         return {}
 
 
-def _data_label(train_dir: str | None, test_dir: str | None) -> str:
-    train = _manifest(train_dir)
-    test = _manifest(test_dir)
+def _data_label(
+    train_dir: str | None, test_dir: str | None, recorded: dict[str, Any] | None = None
+) -> str:
+    """'N / M at SxS, renderer': from what result.json recorded, else the datasets' manifests."""
+    recorded = recorded or {}
+    train = recorded.get("train") or _manifest(train_dir)
+    test = recorded.get("test") or _manifest(test_dir)
     if not train:
         return "?"
-    size = train.get("size", "?")
+    size = recorded.get("size") or train.get("size", "?")
     renderer = train.get("renderer") or train.get("backend", "?")
     n_test = test.get("n", "?") if test else "?"
     return f"{train.get('n', '?')} / {n_test} at {size}×{size}, {renderer}"
@@ -74,7 +78,7 @@ def run_row(run: str | Path) -> dict[str, Any]:
     positions_ok = all(scores[f] >= POSITION_AT_LEAST for f in POSITION_FACTORS)
     return {
         "run": run.name,
-        "data": _data_label(cfg.data.train_dir, cfg.data.test_dir),
+        "data": _data_label(cfg.data.train_dir, cfg.data.test_dir, result.get("data")),
         "model": model,
         "process": describe_process(cfg),
         "steps": result.get("steps"),
