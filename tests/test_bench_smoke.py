@@ -1,0 +1,27 @@
+"""The benchmarks keep running: each script's smoke mode, a few tiny steps."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "conv"])
+def test_image_step_benchmark_smoke(encoder, capsys, tmp_path: Path) -> None:
+    bench = _module("bench_image_step")
+    out = tmp_path / "m.json"
+    assert bench.main(["--smoke", "--encoder", encoder, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "images/s" in text and "clinvert by phase: load" in text
+    assert out.is_file()
