@@ -50,7 +50,6 @@ from clinvert.registry import (
     SPACES,
     Registry,
     check_name,
-    load_builtins,
 )
 from clinvert.spec import DataSpec, FiniteFloat, LawSpec, PositiveFloat
 from clinvert.spec import Section as _Section
@@ -86,7 +85,6 @@ def _registered(registry: Registry[Any]) -> AfterValidator:
     components registered by a user's module are allowed)."""
 
     def check(value: str) -> str:
-        load_builtins()
         return check_name(registry, value)
 
     return AfterValidator(check)
@@ -254,7 +252,6 @@ class RunConfig(_Section):
 
 
 def _law(spec: Any, registry: Registry[Any]) -> str:
-    load_builtins()
     law = registry.get(spec.name)
     params = {k: v for k, v in spec.model_dump().items() if k != "name"}
     label = getattr(law, "label", "") or spec.name
@@ -420,7 +417,6 @@ def check_data_dirs(cfg: RunConfig) -> None:
     Called before any work starts (and before the run directory is created); the content of the
     files is checked when the source loads them.
     """
-    load_builtins()
     SOURCES.get(cfg.data.source).check_paths(cfg)
 
 
@@ -472,7 +468,6 @@ def import_plugins(plugins: Any) -> None:
 
 def validate_config(data: Any) -> RunConfig:
     """Validate a nested dictionary into a :class:`RunConfig` or raise a one-line :class:`ConfigError`."""
-    load_builtins()
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -176,9 +176,10 @@ class Trainer:
         return int(state["metrics_rows"])
 
     def _checkpoint(self) -> None:
+        # A callback that writes the state (RunDirectory) records ``last_checkpoint``; in memory
+        # nothing is written, so the guard's message does not claim a checkpoint.
         for cb in self.callbacks:
             cb.on_checkpoint(self)
-        self.last_checkpoint = self.step
 
     def _guard(self, first_bad: Tensor) -> None:
         """Raise :class:`RunFailed` if a step since the last check had a non-finite loss or gradient.

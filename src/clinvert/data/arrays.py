@@ -41,6 +41,7 @@ from clinvert.data.sources import (
     batch_seed,
     check_split,
     encode,
+    evenly_spaced,
     pixel_grid,
     score,
 )
@@ -186,9 +187,8 @@ class ArraysSource(PairSource):
         self._check_encoder()
         self.batch_size = cfg.train.batch_size
         if self.batch_size > self.num_pairs:
-            field = "batch_size" if names["x"] == "X" else "train.batch_size"
             raise ConfigError(
-                f"{field}: {self.batch_size} is more than the {self.num_pairs} positive pairs in "
+                f"train.batch_size: {self.batch_size} is more than the {self.num_pairs} positive pairs in "
                 f"{names['x']}; use a smaller batch or more data"
             )
 
@@ -296,7 +296,7 @@ class ArraysSource(PairSource):
             )
 
     # ----- training ----------------------------------------------------------------------------
-    def _rows(self, step: int, count: int, gen: torch.Generator) -> Tensor:
+    def _rows(self, count: int, gen: torch.Generator) -> Tensor:
         if count <= PERMUTE_UP_TO:
             return torch.randperm(count, generator=gen)[: self.batch_size]
         return torch.randint(count, (self.batch_size,), generator=gen)
@@ -305,9 +305,9 @@ class ArraysSource(PairSource):
         """Row indices (anchors, positives) of batch ``step``, [B] each (CPU)."""
         gen = torch.Generator().manual_seed(batch_seed(self.cfg.train.seed, STREAM_TRAIN, step))
         if not self.sequences:
-            rows = self._rows(step, len(self.x), gen)
+            rows = self._rows(len(self.x), gen)
             return rows, rows
-        anchors = self.starts[self._rows(step, len(self.starts), gen)]
+        anchors = self.starts[self._rows(len(self.starts), gen)]
         dt = torch.randint(1, self.max_delta_t + 1, (self.batch_size,), generator=gen)
         return anchors, torch.minimum(anchors + dt, self.ends[anchors])
 
@@ -327,8 +327,7 @@ class ArraysSource(PairSource):
     def norm_sample(self) -> Tensor:
         if len(self.x) <= NORM_SAMPLES:
             return self.x
-        idx = np.linspace(0, len(self.x) - 1, NORM_SAMPLES).round().astype(np.int64)
-        return self.x[torch.as_tensor(idx, device=self.device)]
+        return self.x[torch.as_tensor(evenly_spaced(len(self.x), NORM_SAMPLES), device=self.device)]
 
     # ----- evaluation --------------------------------------------------------------------------
     def latents(self, split: str) -> Tensor | None:
@@ -347,7 +346,7 @@ class ArraysSource(PairSource):
             return {"baseline": "none: no ground-truth latents", "r2": None, "mcc": None}
         x, m = self.eval_x, len(self.eval_x)
         if self.observations == "image":
-            grid = pixel_grid(m * 3 // max(1, x.shape[1]))
+            grid = pixel_grid(m, channels=x.shape[1])
             feats = torch.nn.functional.adaptive_avg_pool2d(x, grid).flatten(1).cpu()
             label = f"linear fit on {grid}x{grid}x{x.shape[1]} average-pooled pixels"
         else:

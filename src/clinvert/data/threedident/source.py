@@ -22,6 +22,7 @@ from clinvert.data.sources import (
     STREAM_TRAIN,
     PairSource,
     check_split,
+    evenly_spaced,
     pixel_grid,
 )
 from clinvert.errors import ConfigError
@@ -186,8 +187,7 @@ class ThreeDIdentSource(PairSource):
 
     def norm_sample(self) -> Tensor:
         """Evenly spaced training images (float [M, 3, S, S]) to fit the input normalisation."""
-        count = min(IMAGE_NORM_SAMPLES, len(self.train))
-        idx = np.linspace(0, len(self.train) - 1, count).round().astype(np.int64)
+        idx = evenly_spaced(len(self.train), IMAGE_NORM_SAMPLES)
         return self.floats(torch.from_numpy(np.array(self.train.images[idx])))
 
     def close(self) -> None:
