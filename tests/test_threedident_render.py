@@ -3,6 +3,8 @@ errors for damaged datasets, CLI validation. Fast: the preview backend at 32-64 
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import signal
 import subprocess
@@ -14,8 +16,10 @@ import numpy as np
 import pytest
 
 from clinvert.config import ConfigError
-from clinvert.data.threedident import cycles, preview, store
-from clinvert.data.threedident.factors import FACTORS, sample_latents, to_physical
+from clinvert.data.images import load_image_dataset
+from clinvert.data.threedident import cycles, preview, scene, store
+from clinvert.data.threedident.factors import FACTORS, position_box, sample_latents, to_physical
+from clinvert.data.threedident.grid import sweep_latents
 from clinvert.data.threedident.teapot import teapot_mesh
 
 SIZE = 64
@@ -135,6 +139,84 @@ def test_background_hue_moves_background_colour() -> None:
     assert np.abs(img[0][both] - img[1][both]).mean() < 1  # object unchanged
 
 
+def corner_latents(rotations: int = 6, seed: int = 0) -> np.ndarray:
+    """The eight corners of the position box, each with ``rotations`` random rotations and
+    random lights and colours: the poses that reach furthest towards the image border."""
+    rng = np.random.default_rng(seed)
+    corners = np.array(list(itertools.product([-1.0, 1.0], repeat=3)), np.float32)
+    z = rng.uniform(-1, 1, (len(corners) * rotations, 10)).astype(np.float32)
+    z[:, :3] = np.repeat(corners, rotations, 0)
+    return z
+
+
+def test_frame_margin_keeps_the_whole_teapot_in_view() -> None:
+    radius = float(np.linalg.norm(teapot_mesh(8).vertices, axis=1).max())
+    assert scene.frame_margin(SIZE, position_box(), radius) >= 1.0
+    # the bound is exact for the ball: a box one radius wider leaves the frame
+    assert scene.frame_margin(SIZE, position_box() * 3, radius) < 0
+
+
+def test_object_in_frame_at_the_corners_of_the_position_box() -> None:
+    z = corner_latents()
+    m = masks_for(z)
+    assert (m.sum((1, 2)) > 100).all()  # the object is there in every image
+    border = m[:, 0, :] | m[:, -1, :] | m[:, :, 0] | m[:, :, -1]
+    assert not border.any(), f"object touches the border in {np.flatnonzero(border.any(1))}"
+
+
+#: Fraction of pixels that change when one factor moves by 0.5 (mean over random poses) must be at
+#: least this: measured 0.09-0.11 for the rotations and the object hue (the object's share of the
+#: frame), 0.10 for pos_z, 0.17-0.9 for the rest, at 64 x 64 on scene 2 (scene 1: 0.04-0.05).
+PIXEL_CHANGE_FLOOR = 0.07
+
+
+def pixel_change(render, n: int, seed: int = 0) -> np.ndarray:
+    """Per factor: mean fraction of pixels that change (by > 12 of 765 summed over RGB) when the
+    factor moves by 0.5 towards the centre, over ``n`` random poses."""
+    z = sample_latents(n, "box", seed)
+    moved = []
+    for i in range(len(FACTORS)):
+        zi = z.copy()
+        zi[:, i] = np.where(z[:, i] > 0, z[:, i] - 0.5, z[:, i] + 0.5)
+        moved.append(zi)
+    images = render(np.concatenate([z, *moved])).astype(int).reshape(11, n, SIZE, SIZE, 3)
+    return np.array([(np.abs(images[i + 1] - images[0]).sum(-1) > 12).mean() for i in range(10)])
+
+
+def test_each_factor_changes_the_image() -> None:
+    change = pixel_change(lambda z: preview.render(z, SIZE), 32)
+    low = {FACTORS[i]: round(float(c), 3) for i, c in enumerate(change) if c < PIXEL_CHANGE_FLOOR}
+    assert not low, f"factors below the pixel-change floor {PIXEL_CHANGE_FLOOR}: {low}"
+
+
+def test_datasets_of_a_retired_scene_are_refused_by_name(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    store.render_dataset(out, n=3, size=16, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["renderer"] = "preview 2"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="renderer 'preview 2' drew scene 1") as err:
+        load_image_dataset(out)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="^renderer: "):  # nor is it resumed
+        store.render_dataset(out, n=3, size=16, progress=False)
+
+
+def test_grid_command_writes_a_png(tmp_path: Path) -> None:
+    out = tmp_path / "grid.png"
+    res = subprocess.run(
+        [*GRID, "--out", str(out), "--size", "16", "--values", "2"], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    z = sweep_latents(3)
+    assert z.shape == (30, 10) and np.array_equal(z[3:6, 1], [-1.0, 0.0, 1.0])
+    bad = subprocess.run(
+        [*GRID, "--out", str(out), "--backends", "eevee"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("clinvert: error: backends:")
+
+
 def test_dataset_roundtrip_and_settings_mismatch(tmp_path: Path) -> None:
     out = tmp_path / "ds"
     manifest = store.render_dataset(out, n=5, size=32, seed=1, progress=False)
@@ -180,6 +262,7 @@ def test_truncated_latents_and_missing_manifest(tmp_path: Path) -> None:
 
 
 RENDER = [sys.executable, "-m", "clinvert.cli", "threedident", "render"]
+GRID = [sys.executable, "-m", "clinvert.cli", "threedident", "grid"]
 
 
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path) -> None:
@@ -315,3 +398,33 @@ def test_cycles_background_hue_moves_ground_colour(cycles_views) -> None:
     ground = ~cycles_object_mask(v["red_left"], v["green_left"])  # the object in the same pose
     red, green = v["ground_red"][ground].mean(0), v["ground_green"][ground].mean(0)
     assert red[0] > red[1] + 10 and green[1] > green[0] + 10
+
+
+@needs_bpy
+def test_cycles_object_in_frame_at_the_corners() -> None:
+    z = corner_latents(rotations=2, seed=1)
+    z[:, 7] = -1.0  # red teapot ...
+    green = z.copy()
+    green[:, 7] = 0.0  # ... and green: the pixels that follow the object hue are the object
+    images = cycles.render(np.concatenate([z, green]), SIZE, samples=8).astype(float)
+    m = np.stack(
+        [cycles_object_mask(r, g) for r, g in zip(images[: len(z)], images[len(z) :], strict=True)]
+    )
+    assert (m.sum((1, 2)) > 100).all()
+    border = m[:, 0, :] | m[:, -1, :] | m[:, :, 0] | m[:, :, -1]
+    assert not border.any(), f"object touches the border in {np.flatnonzero(border.any(1))}"
+    # and where the preview draws it (object pixels of Cycles inside preview's, grown by a pixel)
+    pm = masks_for(z)
+    grown = pm.copy()
+    grown[:, 1:] |= pm[:, :-1]
+    grown[:, :-1] |= pm[:, 1:]
+    grown[:, :, 1:] |= pm[:, :, :-1]
+    grown[:, :, :-1] |= pm[:, :, 1:]
+    assert (m & ~grown).sum() <= 0.02 * m.sum()
+
+
+@needs_bpy
+def test_cycles_each_factor_changes_the_image() -> None:
+    change = pixel_change(lambda z: cycles.render(z, SIZE, samples=8), 4, seed=2)
+    low = {FACTORS[i]: round(float(c), 3) for i, c in enumerate(change) if c < PIXEL_CHANGE_FLOOR}
+    assert not low, f"factors below the pixel-change floor {PIXEL_CHANGE_FLOOR}: {low}"

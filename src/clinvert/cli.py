@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_threedident(sub: argparse._SubParsersAction) -> None:
-    """The ``threedident`` command group (``render``, ``table``)."""
+    """The ``threedident`` command group (``render``, ``table``, ``grid``)."""
     p = sub.add_parser(
         "threedident",
         help="3DIdent data: render the teapot dataset, tabulate runs",
@@ -217,6 +217,23 @@ def _add_threedident(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("runs", nargs="+", metavar="RUN", help="run directories (with result.json)")
     t.add_argument("--out", help="write the table to this file (default: print it)")
+    g = group.add_parser(
+        "grid",
+        help="PNG grid of each factor swept from -1 to +1 alone, renderers side by side",
+        description=(
+            "Render each of the ten factors swept from -1 to +1 (the others fixed) with each "
+            "backend and write one PNG: a row per factor, a block of columns per backend."
+        ),
+        epilog=(
+            "example:\n  clinvert threedident grid --out grid.png --backends preview,cycles"
+            "      # cycles needs 'make render-env'\n"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument("--out", required=True, help="PNG file to write")
+    g.add_argument("--backends", default="preview", help="comma-separated: preview, cycles")
+    g.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    g.add_argument("--values", type=int, default=5, help="values per factor (default 5)")
 
 
 def demo_config_path() -> Path:
@@ -359,6 +376,23 @@ def _cmd_threedident(args: argparse.Namespace) -> int:
             print(f"table: {args.out}")
         else:
             print(table, end="")
+        return 0
+
+    if args.threedident_command == "grid":
+        from clinvert.data.threedident.grid import save_grid, sweep_latents
+
+        backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+        for backend in backends:
+            if backend not in ("preview", "cycles"):
+                raise ConfigError(f"backends: each must be preview or cycles, got {backend!r}")
+        if isinstance(args.size, bool) or not 8 <= args.size <= 1024:
+            raise ConfigError(f"size: must be an integer in 8..1024, got {args.size}")
+        sweep_latents(args.values)  # validates --values before anything renders
+        if "cycles" in backends:
+            from clinvert.data.threedident import cycles
+
+            cycles.require_python()
+        print(f"grid: {save_grid(args.out, backends, args.values, args.size)}")
         return 0
 
     from clinvert.data.threedident import store

@@ -83,6 +83,18 @@ def _fail(path: Path, why: str) -> ConfigError:
     return ConfigError(f"{path}: {why}")
 
 
+def _retired(renderer: object) -> str | None:
+    """Why a dataset made by ``renderer`` cannot be used any more (None when it can)."""
+    from clinvert.data.threedident import scene
+
+    if not isinstance(renderer, str) or renderer not in scene.RETIRED_RENDERERS:
+        return None
+    return (
+        f"renderer {renderer!r} drew {scene.RETIRED_RENDERERS[renderer]}, which clinvert no "
+        f"longer renders; render the dataset again (scene {scene.SCENE}) into a new folder"
+    )
+
+
 def _read_manifest(root: Path) -> dict[str, Any]:
     path = root / "manifest.json"
     if not root.is_dir():
@@ -101,6 +113,9 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise _fail(path, "must hold a JSON object")
     if manifest.get("format") != FORMAT:
         raise _fail(path, f"format must be {FORMAT!r}, got {manifest.get('format')!r}")
+    retired = _retired(manifest.get("renderer"))
+    if retired:
+        raise _fail(path, retired)
     if manifest.get("complete") is not True:
         raise _fail(path, "dataset is incomplete (rendering unfinished; resume the render)")
     for key in ("size", "n"):

@@ -49,10 +49,11 @@ _HUES = (7, 8, 9)
 
 #: physical interval of each factor in ``box`` mode (latent -1 -> low, +1 -> high)
 BOX_RANGES: dict[str, tuple[float, float]] = {
-    # object centre in scene units: keeps the whole teapot in the fixed camera's view
-    "pos_x": (-1.25, 1.25),
-    "pos_y": (-1.25, 1.25),
-    "pos_z": (-0.5, 0.5),
+    # object centre in scene units (the teapot's bounding radius is 1.04): the camera is placed so
+    # that the whole teapot stays in view over this box (scene.frame_margin)
+    "pos_x": (-0.5, 0.5),
+    "pos_y": (-0.5, 0.5),
+    "pos_z": (-0.3, 0.3),
     # Euler angles (Blender 'XYZ': R = Rz(gamma) Ry(beta) Rx(alpha)), a half turn each
     "rot_alpha": (-math.pi / 2, math.pi / 2),
     "rot_beta": (-math.pi / 2, math.pi / 2),
@@ -64,6 +65,11 @@ BOX_RANGES: dict[str, tuple[float, float]] = {
     "hue_spot": (0.0, 0.8),
     "hue_background": (0.0, 0.8),
 }
+
+
+def position_box() -> np.ndarray:
+    """The object centre's physical range, float64 [3, 2] (low, high for x, y, z)."""
+    return np.array([BOX_RANGES[f] for f in FACTORS[:3]], dtype=np.float64)
 
 
 def check_mode(mode: str) -> str:
