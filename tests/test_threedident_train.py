@@ -261,6 +261,7 @@ def test_train_on_images_writes_the_run_directory_and_resumes_exactly(toy, tmp_p
     assert result["eval_samples"] == 96 and result["data"]["factors"] == list(FACTORS)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 2, 4]
+    assert rows[-1]["r2_per_factor"] == final["r2_per_factor"]  # the curve of every factor
 
     # Stop at step 2, resume with loader workers to 4: the same numbers as the straight run.
     short = image_config(toy, steps=2)
@@ -285,6 +286,11 @@ def test_train_on_images_writes_the_run_directory_and_resumes_exactly(toy, tmp_p
     assert lines[4] == "" and lines[5].startswith("kNN R² per factor") and len(lines) == 11
     assert lines[9].startswith("| full | ") and lines[10].startswith("| part | ")
     assert main(["threedident", "table", str(tmp_path / "nothing")]) == 2
+    # each factor's curve over training, both runs in one picture
+    png = tmp_path / "curves.png"
+    assert main(["threedident", "curves", str(run), str(tmp_path / "part"), "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["threedident", "curves", str(tmp_path / "nothing"), "--out", str(png)]) == 2
 
     # The run directory as a fitted estimator: the dataset's uint8 [N, S, S, 3] images in, the codes
     # the run scored out (its final R² again).

@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_threedident(sub: argparse._SubParsersAction) -> None:
-    """The ``threedident`` command group (``render``, ``table``, ``grid``)."""
+    """The ``threedident`` command group (``render``, ``table``, ``grid``, ``curves``)."""
     p = sub.add_parser(
         "threedident",
         help="3DIdent data: render the teapot dataset, tabulate runs",
@@ -230,6 +230,18 @@ def _add_threedident(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    c = group.add_parser(
+        "curves",
+        help="PNG of each factor's R² over training, one line per run",
+        description=(
+            "Plot held-out R² per factor against training samples seen (steps × batch) from the "
+            "metrics.jsonl of 3DIdent run directories: one panel per factor, one line per run."
+        ),
+        epilog="example:\n  clinvert threedident curves runs/a runs/b --out curves.png\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("runs", nargs="+", metavar="RUN", help="run directories (with metrics.jsonl)")
+    c.add_argument("--out", required=True, help="PNG file to write")
     g.add_argument("--out", required=True, help="PNG file to write")
     g.add_argument("--backends", default="preview", help="comma-separated: preview, cycles")
     g.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
@@ -378,6 +390,11 @@ def _cmd_threedident(args: argparse.Namespace) -> int:
             print(table, end="")
         return 0
 
+    if args.threedident_command == "curves":
+        from clinvert.data.threedident.summary import plot_factor_curves
+
+        print(f"curves: {plot_factor_curves(args.runs, args.out)}")
+        return 0
     if args.threedident_command == "grid":
         from clinvert.data.threedident.grid import save_grid, sweep_latents
 

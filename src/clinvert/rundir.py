@@ -3,7 +3,8 @@
 ::
 
     DIR/config.yaml      the full resolved config
-    DIR/metrics.jsonl    one JSON object per evaluation (step, loss, r2, mcc, lr, wall_seconds, ...)
+    DIR/metrics.jsonl    one JSON object per evaluation (step, loss, r2, mcc, lr, wall_seconds, ...;
+                         r2_per_factor where the source names its factors)
     DIR/result.json      final scores, identity baseline, seed, steps, wall time, the resolved
                          config, the clinvert version and git commit
     DIR/checkpoint.pt    model, optimiser, scheduler, source state (RNG), step (written atomically)
@@ -136,8 +137,11 @@ class RunDirectory(Callback):
         return rows
 
     def on_eval(self, trainer: Trainer, row: dict[str, Any], scores: dict[str, Any]) -> None:
+        # per-factor R² at every evaluation too (3DIdent): the curves of each factor over training
+        per_factor = scores.get("r2_per_factor")
+        line = {**row, "r2_per_factor": per_factor} if per_factor else row
         with open(self.path / "metrics.jsonl", "a") as log:
-            log.write(json.dumps(row) + "\n")
+            log.write(json.dumps(line) + "\n")
             log.flush()
 
     def on_checkpoint(self, trainer: Trainer) -> None:

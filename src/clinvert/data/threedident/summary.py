@@ -26,10 +26,16 @@ from clinvert.config import (
 from clinvert.data.threedident.factors import FACTORS
 from clinvert.sweep import read_result
 
-#: The issue's bar for the small reproduction: every position factor and the mean over the factors.
-POSITION_FACTORS = ("pos_x", "pos_y", "pos_z")
-POSITION_AT_LEAST = 0.9
-MEAN_AT_LEAST = 0.8
+#: The bar of a 3DIdent reproduction (the paper reports a mean R² of 0.98): every factor and the mean
+#: over the ten of a contrastive run; a supervised run (the ceiling of an encoder and its budget) must
+#: reach SUPERVISED_AT_LEAST on every factor.
+FACTOR_AT_LEAST = 0.9
+MEAN_AT_LEAST = 0.95
+SUPERVISED_AT_LEAST = 0.95
+BAR = (
+    f"every factor ≥ {FACTOR_AT_LEAST:g} and mean ≥ {MEAN_AT_LEAST:g} "
+    f"(supervised: every factor ≥ {SUPERVISED_AT_LEAST:g})"
+)
 
 
 def _manifest(path: str | Path | None) -> dict[str, Any]:
@@ -75,7 +81,10 @@ def run_row(run: str | Path) -> dict[str, Any]:
     model = describe_model(cfg)
     if cfg.train.objective == "supervised":
         model += " (supervised: regression on z)"
-    positions_ok = all(scores[f] >= POSITION_AT_LEAST for f in POSITION_FACTORS)
+    if cfg.train.objective == "supervised":
+        meets = min(scores.values()) >= SUPERVISED_AT_LEAST
+    else:
+        meets = min(scores.values()) >= FACTOR_AT_LEAST and mean >= MEAN_AT_LEAST
     return {
         "run": run.name,
         "data": _data_label(cfg.data.train_dir, cfg.data.test_dir, result.get("data")),
@@ -90,7 +99,7 @@ def run_row(run: str | Path) -> dict[str, Any]:
         "r2_per_factor": scores,
         "mean": mean,
         "knn_r2_per_factor": {f: float(knn[f]) for f in FACTORS} if isinstance(knn, dict) else None,
-        "meets_bar": positions_ok and mean >= MEAN_AT_LEAST,
+        "meets_bar": meets,
     }
 
 
@@ -105,7 +114,7 @@ def markdown_table(runs: list[str | Path]) -> str:
         "| run | pairs (latent process) | model | images (train / test) | steps × batch | wall s "
         "| identity R² (pixels) | R² | MCC | "
         + " | ".join(FACTORS)
-        + " | mean of factors | positions ≥ 0.9 and mean ≥ 0.8 |"
+        + f" | mean of factors | {BAR} |"
     )
     lines = [head, "|" + "---|" * (10 + len(FACTORS) + 1)]
     for r in rows:
@@ -131,3 +140,54 @@ def markdown_table(runs: list[str | Path]) -> str:
             values = " | ".join(f"{knn[f]:.3f}" for f in FACTORS)
             lines.append(f"| {r['run']} | {values} | {sum(knn.values()) / len(knn):.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def plot_factor_curves(runs: list[str | Path], out: str | Path) -> Path:
+    """Per-factor R² against training budget (images seen: steps × batch), one panel per factor and
+    one line per run, from each run's ``metrics.jsonl`` (written atomically as PNG).
+
+    Rows without ``r2_per_factor`` (runs of older versions) are skipped; a run with none at all is a
+    one-line ConfigError.
+    """
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from clinvert.io import read_jsonl, write_bytes
+
+    curves = []
+    for run in runs:
+        run = Path(run)
+        if not (run / "metrics.jsonl").is_file():
+            raise ConfigError(f"run: no metrics.jsonl in {run}")
+        cfg = validate_config(read_run_config(run))
+        rows = [r for r in read_jsonl(run / "metrics.jsonl") if r.get("r2_per_factor")]
+        if not rows:
+            raise ConfigError(f"run: {run}/metrics.jsonl holds no r2_per_factor rows")
+        seen = [r["step"] * cfg.train.batch_size for r in rows]
+        curves.append((run.name, seen, rows))
+    fig, axes = plt.subplots(2, 5, figsize=(16, 6.4), sharex=True, sharey=True)
+    for ax, factor in zip(axes.flat, FACTORS, strict=True):
+        for name, seen, rows in curves:
+            ax.plot(seen, [r["r2_per_factor"][factor] for r in rows], marker=".", label=name)
+        ax.axhline(FACTOR_AT_LEAST, color="grey", lw=0.8, ls="--")
+        ax.set_title(factor, fontsize=9)
+        ax.set_ylim(-0.05, 1.0)
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("training samples seen (steps × batch)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("held-out R²")
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"R² per factor over training (dashed: {FACTOR_AT_LEAST:g})", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=90, format="png")
+    plt.close(fig)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(out, buf.getvalue())
+    return out
