@@ -165,7 +165,96 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", help="merge this profile of the config (e.g. quick)")
     _add_set(p)
     _add_threedident(sub)
+    _add_kitti(sub)
     return parser
+
+
+def _add_kitti(sub: argparse._SubParsersAction) -> None:
+    """The ``kitti`` command group (``fetch``, ``generate``, ``stats``)."""
+    p = sub.add_parser(
+        "kitti",
+        help="KITTI Masks: fetch the public file, generate walking masks, transition statistics",
+        description="KITTI Masks (Klindt et al. 2021): pedestrian mask sequences, three factors.",
+    )
+    group = p.add_subparsers(dest="kitti_command", metavar="ACTION", required=True)
+    f = group.add_parser(
+        "fetch",
+        help="download kitti_peds_v2.pickle (Zenodo 3931823) with its checksum",
+        description=(
+            "Download the public KITTI Masks pickle into DIR, check its MD5 and format. Without a "
+            "network, say in one line what to download and where to place it."
+        ),
+    )
+    f.add_argument("--out", required=True, help="directory to place kitti_peds_v2.pickle in")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = group.add_parser(
+        "generate",
+        help="write walking-pedestrian mask sequences in the KITTI Masks format",
+        description=(
+            "Generate mask sequences of walking silhouettes whose factors (position y, x and size) "
+            "follow reflected random walks with Laplace (sparse) or Normal steps, and write them "
+            "as a pickle in the published KITTI Masks format (latents measured on the masks)."
+        ),
+        epilog=(
+            "example:\n  clinvert kitti generate --out data/kitti/walkers-laplace.pickle\n"
+            "  clinvert kitti generate --out data/kitti/walkers-normal.pickle --transition normal\n"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument("--out", required=True, help="pickle file to write")
+    g.add_argument("--sequences", type=int, default=400, help="sequences (default 400)")
+    g.add_argument("--length", type=int, default=50, help="frames per sequence (default 50)")
+    g.add_argument("--transition", default="laplace", help="laplace (default) or normal")
+    g.add_argument("--scale", type=float, default=0.05, help="step std in factor units (0.05)")
+    g.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    s = group.add_parser(
+        "stats",
+        help="transition statistics (std, kurtosis) of a KITTI Masks file's factors",
+        description=(
+            "Print the standard deviation and kurtosis (3 for a Gaussian, 6 for a Laplace) of "
+            "each factor's change over DT frames, pooled over the sequences of a pickle."
+        ),
+    )
+    s.add_argument("path", help="KITTI Masks pickle (published or generated)")
+    s.add_argument("--delta-t", type=int, default=1, help="frame gap (default 1)")
+
+
+def _cmd_kitti(args: argparse.Namespace) -> int:
+    from clinvert.data.kitti.masks import FACTORS, load_kitti_masks, write_kitti_masks
+    from clinvert.data.kitti.walkers import WalkerSpec, make_walkers, transition_stats
+
+    if args.kitti_command == "fetch":
+        from clinvert.data.kitti.fetch import fetch_kitti_masks
+
+        print(f"kitti: {fetch_kitti_masks(args.out, progress=not args.quiet)}")
+        return 0
+    if args.kitti_command == "generate":
+        spec = WalkerSpec(
+            sequences=args.sequences,
+            length=args.length,
+            transition=args.transition,
+            scale=args.scale,
+            seed=args.seed,
+        )
+        spec.check()
+        if Path(args.out).is_dir():
+            raise ConfigError(f"--out: {args.out} is a directory; name the pickle file to write")
+        masks, latents = make_walkers(spec)
+        path = write_kitti_masks(args.out, masks, latents)
+        stats = transition_stats(latents)
+        kurt = ", ".join(f"{n} {k:.2f}" for n, k in zip(FACTORS, stats["kurtosis"], strict=True))
+        frames = sum(map(len, masks))
+        print(f"kitti: {path}: {len(masks)} sequences, {frames} frames; transition kurtosis {kurt}")
+        return 0
+    if isinstance(args.delta_t, bool) or args.delta_t < 1:
+        raise ConfigError(f"delta_t: must be an integer >= 1, got {args.delta_t}")
+    data = load_kitti_masks(args.path)
+    stats = transition_stats(data.latents, args.delta_t)
+    print(f"{args.path}: {len(data.masks)} sequences, {data.frames} frames, delta_t {args.delta_t}")
+    print("factor    std       kurtosis")
+    for name, sd, k in zip(FACTORS, stats["std"], stats["kurtosis"], strict=True):
+        print(f"{name:<9} {sd:<9.3f} {k:.2f}")
+    return 0
 
 
 def _add_threedident(sub: argparse._SubParsersAction) -> None:
@@ -441,6 +530,7 @@ COMMANDS = {
     "report": _cmd_report,
     "config": _cmd_config,
     "threedident": _cmd_threedident,
+    "kitti": _cmd_kitti,
 }
 
 

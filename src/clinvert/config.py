@@ -141,6 +141,15 @@ class ModelConfig(_Section):
     self_negative: bool = False
 
 
+class SlowVAEConfig(_Section):
+    """SlowVAE's weights (``train.objective: slowvae``): ``beta`` on KL(q(z0|x0) || N(0, I)),
+    ``gamma`` on the Laplace transition prior's KL, ``rate`` of that Laplace (1 / scale)."""
+
+    beta: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
+    gamma: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 10.0
+    rate: PositiveFloat = 6.0
+
+
 class TrainConfig(_Section):
     """Optimisation. ``schedule: cosine`` decays the learning rate to 0 over ``steps``."""
 
@@ -154,7 +163,10 @@ class TrainConfig(_Section):
     seed: Annotated[int, Field(ge=0)] = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: Annotated[int, Field(ge=1)] = 1000
-    objective: Literal["contrastive", "supervised"] = "contrastive"
+    #: ``contrastive`` (InfoNCE), ``supervised`` (regression on the latents: the ceiling) or
+    #: ``slowvae`` (the SlowVAE baseline on the same pairs; image sources, ``train.slowvae``)
+    objective: Literal["contrastive", "supervised", "slowvae"] = "contrastive"
+    slowvae: SlowVAEConfig = SlowVAEConfig()
 
 
 class EvalConfig(_Section):
@@ -235,6 +247,8 @@ class RunConfig(_Section):
             del out["model"]["self_negative"]
         if self.model.output_dim is None:
             del out["model"]["output_dim"]
+        if self.train.slowvae == SlowVAEConfig() and self.train.objective != "slowvae":
+            del out["train"]["slowvae"]
         if self.log == LogConfig():
             del out["log"]
         if not self.plugins:
@@ -384,6 +398,11 @@ def _check_encoder(cfg: RunConfig) -> None:
         raise ConfigError(
             f"model.stem: applies to the resnet18 encoder only, got {model.stem!r} with "
             f"encoder {model.encoder} (remove it)"
+        )
+    if cfg.train.objective == "slowvae" and model.encoder != "conv":
+        raise ConfigError(
+            f"model.encoder: SlowVAE (train.objective slowvae) is built on the conv encoder and "
+            f"its mirrored decoder, got {model.encoder!r} (use conv)"
         )
     if encoder.inputs == "image" and model.input_norm == "whiten":
         raise ConfigError(

@@ -50,11 +50,24 @@ class Experiment:
         return getattr(self.source, "mixing", None)
 
 
-def init_model(cfg: RunConfig, device: torch.device, in_dim: int) -> Model:
+def init_model(cfg: RunConfig, device: torch.device, in_dim: int) -> torch.nn.Module:
     """The run's model with weights drawn from the seed's init stream (global RNG untouched)."""
     m = cfg.model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.train.seed, STREAM_INIT))
+        if cfg.train.objective == "slowvae":
+            from clinvert.models.input_norm import ChannelNorm
+            from clinvert.models.slowvae import SlowVAE
+
+            s = cfg.train.slowvae
+            return SlowVAE(
+                in_dim,
+                m.output_dim or cfg.latent.dim,
+                ChannelNorm(in_dim, m.input_norm),
+                beta=s.beta,
+                gamma=s.gamma,
+                rate=s.rate,
+            ).to(device)
         return make_model(
             in_dim,
             m.output_dim or cfg.latent.dim,

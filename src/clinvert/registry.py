@@ -151,6 +151,7 @@ _BUILTINS = (
     "clinvert.data.synthetic",
     "clinvert.data.arrays",
     "clinvert.data.threedident.source",
+    "clinvert.data.kitti.source",
 )
 _loaded = False
 

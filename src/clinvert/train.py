@@ -109,7 +109,11 @@ class Trainer:
         gradient are finite, :data:`BAD_LOSS` or :data:`BAD_GRAD` otherwise. Nothing here waits for
         the device; :meth:`run` reads the flags in batches (every step on CPU, where it is free).
         """
-        objectives = {"contrastive": self.contrastive_loss, "supervised": self.supervised_loss}
+        objectives = {
+            "contrastive": self.contrastive_loss,
+            "supervised": self.supervised_loss,
+            "slowvae": self.slowvae_loss,
+        }
         loss = objectives[self.cfg.train.objective]()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -133,6 +137,18 @@ class Trainer:
         """The supervised baseline: mean squared error of f(x) against the latents (the ceiling)."""
         x, z = self.source.labelled(self.step)
         return torch.nn.functional.mse_loss(self.exp.model(x), z)
+
+    def slowvae_loss(self) -> Tensor:
+        """SlowVAE's negative ELBO on batch ``self.step`` of pairs (the baseline of KITTI Masks).
+
+        Its sampling noise is a function of (seed, step), like the batch: a resumed run continues
+        exactly."""
+        from clinvert.data.sources import STREAM_NOISE, batch_seed
+
+        x, x_positive = self.source.pairs(self.step)
+        gen = torch.Generator(self.device)
+        gen.manual_seed(batch_seed(self.cfg.train.seed, STREAM_NOISE, self.step))
+        return self.exp.model.loss(x, x_positive, generator=gen)
 
     def evaluate(self, split: str = "eval") -> dict[str, Any]:
         """Scores of the current encoder on the source's ``split`` set (never a training batch)."""
@@ -271,7 +287,7 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "wall_seconds": round(self.wall_seconds, 3),
         }
-        head = self.exp.model.head
+        head = getattr(self.exp.model, "head", None)
         if hasattr(head, "log_radius"):
             row["radius"] = float(head.log_radius.exp())
         self.rows.append(row)

@@ -167,20 +167,20 @@ class ArraysSource(PairSource):
         }
         spec = cfg.data
         if x is None:
-            if spec.x is None:
+            if getattr(spec, "x", None) is None:
                 raise ConfigError(
                     "data.x: required for source arrays (a .npy path or a list of them)"
                 )
             x = [_load_npy(p, names["x"]) for p in _as_list(spec.x)]
             x = x if isinstance(spec.x, list) else x[0]
-        if x_positive is None and spec.x_positive is not None:
+        if x_positive is None and getattr(spec, "x_positive", None) is not None:
             x_positive = _load_npy(spec.x_positive, names["x_positive"])
-        if z is None and spec.z is not None:
+        if z is None and getattr(spec, "z", None) is not None:
             z = [_load_npy(p, names["z"]) for p in _as_list(spec.z)]
             z = z if isinstance(spec.z, list) else z[0]
-        if test_x is None and spec.test_x is not None:
+        if test_x is None and getattr(spec, "test_x", None) is not None:
             test_x = _load_npy(spec.test_x, names["test_x"])
-        if test_z is None and spec.test_z is not None:
+        if test_z is None and getattr(spec, "test_z", None) is not None:
             test_z = _load_npy(spec.test_z, names["test_z"])
         self._build_rows(x, x_positive, z, names)
         self._build_eval(test_x, test_z, names)

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 #: Independent random streams derived from the training seed.
 STREAM_TRAIN, STREAM_EVAL, STREAM_TEST, STREAM_INIT, STREAM_INPUT_NORM = 0, 1, 2, 3, 4
+#: The sampling noise of a model's training loss (SlowVAE's reparameterisation), per step.
+STREAM_NOISE = 5
 #: Observations per forward pass when a source encodes its evaluation set.
 ENCODE_CHUNK = 16384
 #: Side of the average-pooled pixel grid of an image identity baseline (at most).
