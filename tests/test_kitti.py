@@ -290,3 +290,29 @@ def test_generate_and_stats_commands(tmp_path: Path, capsys) -> None:
     assert "kurtosis" in capsys.readouterr().out
     assert main(["kitti", "generate", "--out", str(out), "--scale", "0"]) == 2
     assert capsys.readouterr().err.startswith("clinvert: error: scale:")
+
+
+def test_reproduce_kitti_points_every_row_at_one_file(walkers: Path, tmp_path: Path) -> None:
+    root = tmp_path / "configs"
+    (root / "kitti").mkdir(parents=True)
+    for row in ("laplace-box-dt1", "slowvae-dt1"):
+        cfg = yaml.safe_load((Path("configs/kitti") / f"{row}.yaml").read_text())
+        cfg["profiles"]["quick"]["train"].update(steps=4, warmup_steps=1, checkpoint_every=2)
+        cfg["profiles"]["quick"]["eval"] = {"every": 2, "samples": 200}
+        (root / "kitti" / f"{row}.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    args = ["reproduce", "kitti", "--quick", "--seeds", "1", "--workers", "1", "--quiet"]
+    args += ["--configs", str(root), "--data", str(walkers), "--out", str(out)]
+    assert main(args) == 0
+    summary = json.loads((out / "kitti.json").read_text())
+    assert [s["row"] for s in summary] == ["laplace-box-dt1", "slowvae-dt1"]
+    assert all(s["mean"] is not None and s["supervised"] is not None for s in summary)
+    assert summary[1]["model"].startswith("SlowVAE")
+    assert (out / "runs" / "slowvae-dt1" / "seed0" / "slowvae" / "result.json").is_file()
+    run = json.loads(
+        (out / "runs" / "laplace-box-dt1" / "seed0" / "contrastive" / "result.json").read_text()
+    )
+    assert run["data"]["path"] == str(walkers.resolve())
+    table = (out / "kitti.md").read_text()
+    assert "SlowVAE" in table and "MCC" in table
+    assert main(["reproduce", "table2", "--data", str(walkers), "--out", str(out)]) == 2

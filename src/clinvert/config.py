@@ -284,6 +284,9 @@ def describe_process(cfg: RunConfig) -> str:
 def describe_model(cfg: RunConfig) -> str:
     """'sphere, cosine, τ=1'-style label of the model."""
     m = cfg.model
+    if cfg.train.objective == "slowvae":
+        v = cfg.train.slowvae
+        return f"SlowVAE (Laplace transitions, rate {v.rate:g}, γ={v.gamma:g}, β={v.beta:g})"
     space = "R^n" if m.output == "unbounded" else m.output
     loss = f"L{m.p:g}" if m.similarity == "lp" else m.similarity
     learn = " (learnable scale)" if m.learnable_scale else ""

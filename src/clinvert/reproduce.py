@@ -28,7 +28,9 @@ from clinvert.sweep import (
 )
 
 #: Metric each table reports.
-TABLES: dict[str, str] = {"table1": "r2", "table2": "mcc"}
+TABLES: dict[str, str] = {"table1": "r2", "table2": "mcc", "kitti": "mcc"}
+#: Tables whose rows read a data file (``--data`` points every row at one).
+DATA_TABLES = ("kitti",)
 OBJECTIVES = ("contrastive", "supervised")
 
 
@@ -40,11 +42,21 @@ def configs_root() -> Path:
     return Path(__file__).resolve().parents[2] / "configs" / "synthetic"
 
 
+def table_folder(table: str, root: Path | None = None) -> Path:
+    """Where a table's row configs live: ``ROOT/TABLE`` (default root ``configs/synthetic``; the
+    KITTI table's rows sit in ``configs/kitti``, beside it)."""
+    if root is not None:
+        return root / table
+    if table in DATA_TABLES:
+        return configs_root().parent / table
+    return configs_root() / table
+
+
 def table_rows(table: str, root: Path | None = None) -> dict[str, Path]:
     """Row name -> config file of a table, in file-name order."""
     if table not in TABLES:
         raise ConfigError(f"table: must be one of {', '.join(TABLES)}, got {table!r}")
-    folder = (root or configs_root()) / table
+    folder = table_folder(table, root)
     rows = {p.stem: p for p in sorted(folder.glob("*.yaml"))}
     if not rows:
         raise ConfigError(f"table: no row configs found in {folder}")
@@ -70,15 +82,25 @@ def build_specs(
     rows: list[str] | None = None,
     threads: int = 1,
     root: Path | None = None,
+    data: str | None = None,
 ) -> list[RunSpec]:
-    """Every run of a table: rows x seeds x objectives, validated before any work starts."""
+    """Every run of a table: rows x seeds x (the row's objective, supervised), validated before any
+    work starts. ``data`` points every row's ``data.path`` at one file (tables of real data)."""
     if seeds < 1:
         raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
+    if data is not None and table not in DATA_TABLES:
+        raise ConfigError(f"--data: only for the tables {', '.join(DATA_TABLES)}, got {table}")
+    if data is not None and not Path(data).is_file():
+        raise ConfigError(f"--data: file not found, got {data!r}")
+    extra = (f"data.path={Path(data).resolve()}",) if data is not None else ()
     profile = "quick" if quick else None
     specs = []
     for row, path in select_rows(table_rows(table, root), rows).items():
+        # the row's own method (InfoNCE, or SlowVAE for a slowvae row) and the supervised ceiling
+        own = load_config(str(path), list(extra), profile).train.objective
+        own = "contrastive" if own == "supervised" else own
         for seed in range(seeds):
-            for objective in OBJECTIVES:
+            for objective in (own, "supervised"):
                 spec = RunSpec(
                     row,
                     str(path),
@@ -87,6 +109,7 @@ def build_specs(
                     objective,
                     str(run_dir(out, row, seed, objective)),
                     threads,
+                    extra,
                 )
                 spec.resolve()  # fail now, with the field named, not hours into the sweep
                 specs.append(spec)
@@ -108,9 +131,11 @@ def aggregate(table: str, specs: list[RunSpec], results: dict[RunSpec, dict]) ->
     for row in dict.fromkeys(s.row for s in specs):
         row_specs = [s for s in specs if s.row == row]
         cfg = load_config(row_specs[0].config, profile=row_specs[0].profile)
+        # "contrastive": the row's own method (InfoNCE, or SlowVAE on a slowvae row)
         by_obj: dict[str, list[tuple[int, dict | None]]] = {o: [] for o in OBJECTIVES}
         for s in row_specs:
-            by_obj[s.objective].append((s.seed, results.get(s)))
+            key = "supervised" if s.objective == "supervised" else "contrastive"
+            by_obj[key].append((s.seed, results.get(s)))
         finished = {
             o: [(seed, r) for seed, r in v if r and r.get("status") == "finished"]
             for o, v in by_obj.items()
@@ -246,6 +271,7 @@ def reproduce(
     command: str = "",
     root: Path | None = None,
     collect_only: bool = False,
+    data: str | None = None,
 ) -> list[dict]:
     """Run (or continue) a table and write ``OUT/<table>.json`` and ``OUT/<table>.md``.
 
@@ -255,7 +281,9 @@ def reproduce(
     out = Path(out)
     workers = workers or default_workers()
     threads = max(1, available_cores() // workers) if backend == "local" else 1
-    specs = build_specs(table, out, quick=quick, seeds=seeds, rows=rows, threads=threads, root=root)
+    specs = build_specs(
+        table, out, quick=quick, seeds=seeds, rows=rows, threads=threads, root=root, data=data
+    )
     if collect_only:
         found = {spec: current_result(spec) for spec in specs}
         results = {spec: r for spec, r in found.items() if r is not None}

@@ -37,11 +37,13 @@ class RunSpec:
     objective: str
     out_dir: str
     threads: int = 1
+    #: further ``--set`` overrides shared by every run of a sweep (``data.path=...``)
+    extra: tuple[str, ...] = ()
 
     @property
     def overrides(self) -> list[str]:
         """The ``--set`` overrides that make this run from the row's config."""
-        return [f"train.seed={self.seed}", f"train.objective={self.objective}"]
+        return [f"train.seed={self.seed}", f"train.objective={self.objective}", *self.extra]
 
     def resolve(self):
         """The validated run config of this spec."""

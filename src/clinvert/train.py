@@ -22,7 +22,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from clinvert.callbacks import Callback
-from clinvert.config import RunConfig, check_data_dirs, read_run_config, validate_config
+from clinvert.config import (
+    ConfigError,
+    RunConfig,
+    check_data_dirs,
+    read_run_config,
+    validate_config,
+)
 from clinvert.data.sources import (  # noqa: F401 - re-exported for scripts of earlier versions
     STREAM_EVAL,
     STREAM_INIT,
@@ -136,7 +142,15 @@ class Trainer:
     def supervised_loss(self) -> Tensor:
         """The supervised baseline: mean squared error of f(x) against the latents (the ceiling)."""
         x, z = self.source.labelled(self.step)
-        return torch.nn.functional.mse_loss(self.exp.model(x), z)
+        h = self.exp.model(x)
+        if h.shape[1] < z.shape[1]:
+            raise ConfigError(
+                f"model.output_dim: the supervised objective regresses the {z.shape[1]} latents "
+                f"on the outputs, got {h.shape[1]} outputs"
+            )
+        # more outputs than latents (KITTI: 10 outputs, 3 factors): the first k are regressed,
+        # the others are free (the affine R² of all of them is at least that of the first k)
+        return torch.nn.functional.mse_loss(h[:, : z.shape[1]], z)
 
     def slowvae_loss(self) -> Tensor:
         """SlowVAE's negative ELBO on batch ``self.step`` of pairs (the baseline of KITTI Masks).

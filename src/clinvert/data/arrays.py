@@ -319,10 +319,15 @@ class ArraysSource(PairSource):
         return self.x[i], self.x_positive[j]
 
     def labelled(self, step: int) -> tuple[Tensor, Tensor]:
+        """Batch ``step``'s anchors and their latents, standardised (each factor to mean 0 and
+        std 1 over all rows: factors in pixels and in pixel counts weigh alike in the regression;
+        the affine R² it is scored by does not change)."""
         if self.z is None:
             return super().labelled(step)
         i, _ = self.indices(step)
-        return self.x[i.to(self.device)], self.z[i].to(self.device, torch.float32)
+        mean, std = self.z.mean(0), self.z.std(0).clamp(min=1e-12)
+        z = (self.z[i] - mean) / std
+        return self.x[i.to(self.device)], z.to(self.device, torch.float32)
 
     def norm_sample(self) -> Tensor:
         if len(self.x) <= NORM_SAMPLES:
