@@ -316,3 +316,35 @@ def test_reproduce_kitti_points_every_row_at_one_file(walkers: Path, tmp_path: P
     table = (out / "kitti.md").read_text()
     assert "SlowVAE" in table and "MCC" in table
     assert main(["reproduce", "table2", "--data", str(walkers), "--out", str(out)]) == 2
+
+
+def test_mcc_protocol_on_padded_outputs_with_spearman() -> None:
+    from clinvert.metrics import mcc
+
+    rng = np.random.default_rng(0)
+    z = rng.uniform(size=(2000, 3))
+    h = rng.normal(size=(2000, 10))  # ten outputs, seven of them noise
+    # factor 0 -> output 7 through a monotone nonlinear map, factor 1 -> output 2 negated,
+    # factor 2 -> output 5 cubed: Spearman sees each as perfect, Pearson does not
+    h[:, 7], h[:, 2], h[:, 5] = np.exp(4 * z[:, 0]), -z[:, 1], (z[:, 2] - 0.5) ** 3
+    assert mcc(z, h, "spearman") == pytest.approx(1.0, abs=1e-12)
+    assert mcc(z, h, "pearson") < 0.97
+    # each factor is matched to a distinct output: two copies of one factor cannot both count
+    h2 = rng.normal(size=(2000, 10))
+    h2[:, 0] = h2[:, 1] = z[:, 0]
+    # factor 0 scores 1, factors 1 and 2 only the best chance correlation among the 8 noise
+    # columns left (each |rho| ~ 1/sqrt(2000) = 0.022; the largest of 8 below 0.1)
+    assert 1 / 3 <= mcc(z, h2, "spearman") < (1 + 2 * 0.1) / 3
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in Path("configs/kitti").glob("*.yaml")))
+def test_every_kitti_config_trains_end_to_end(config: str, walkers: Path, tmp_path: Path) -> None:
+    cfg = yaml.safe_load((Path("configs/kitti") / config).read_text())
+    cfg["data"]["path"] = str(walkers)
+    cfg["train"].update(steps=2, checkpoint_every=2, batch_size=16)
+    cfg["eval"].update(every=2, samples=100)
+    path = write_cfg(tmp_path, cfg)
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "finished" and 0 <= result["final"]["mcc"] <= 1
+    assert result["config"]["eval"]["correlation"] == "spearman"
