@@ -286,6 +286,9 @@ def test_generate_and_stats_commands(tmp_path: Path, capsys) -> None:
     assert main(["kitti", "generate", "--out", str(out), "--sequences", "4", "--length", "8"]) == 0
     assert "4 sequences, 32 frames" in capsys.readouterr().out
     assert load_kitti_masks(out).frames == 32
+    from clinvert.io import _FILE_MODE
+
+    assert out.stat().st_mode & 0o777 == _FILE_MODE  # as open() would, not mkstemp's 0600
     assert main(["kitti", "stats", str(out)]) == 0
     assert "kurtosis" in capsys.readouterr().out
     assert main(["kitti", "generate", "--out", str(out), "--scale", "0"]) == 2
