@@ -212,6 +212,12 @@ def test_config_errors_name_the_field(walkers: Path, tmp_path: Path, capsys) -> 
     bad = kitti_config(walkers, train={"objective": "slowvae"}, model={"encoder": "resnet18"})
     assert main(["train", str(write_cfg(tmp_path, bad)), "--out", str(tmp_path / "r")]) == 2
     assert "model.encoder: SlowVAE" in capsys.readouterr().err
+    narrow = kitti_config(walkers, train={"objective": "supervised"}, model={"output_dim": 2})
+    assert main(["train", str(write_cfg(tmp_path, narrow)), "--out", str(tmp_path / "r")]) == 2
+    assert (
+        "model.output_dim: the supervised objective regresses the 3 latents"
+        in capsys.readouterr().err
+    )
     assert not (tmp_path / "r").exists()
 
 

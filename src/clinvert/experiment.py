@@ -36,7 +36,7 @@ class Experiment:
     cfg: RunConfig
     device: torch.device
     source: PairSource
-    model: Model
+    model: Model  # or a SlowVAE (train.objective slowvae): forward gives the codes
     loss: InfoNCE
 
     @property
@@ -105,10 +105,24 @@ def build_experiment(
     """
     device = device or resolve_device(cfg.train.device)
     source = source if source is not None else make_source(cfg, device)
+    _check_supervised_width(cfg, source)
     model = init_model(cfg, device, source.in_dim)
     if cfg.model.input_norm != "none":
         model.input_norm.fit(source.norm_sample())
     return Experiment(cfg, device, source, model, make_loss(cfg))
+
+
+def _check_supervised_width(cfg: RunConfig, source: PairSource) -> None:
+    """The supervised objective regresses the k latents on the first k outputs: needs d >= k."""
+    if cfg.train.objective != "supervised":
+        return
+    z = source.latents("eval")
+    width = cfg.model.output_dim or cfg.latent.dim
+    if z is not None and z.shape[1] > width:
+        raise ConfigError(
+            f"model.output_dim: the supervised objective regresses the {z.shape[1]} latents on "
+            f"the outputs, got {width} outputs"
+        )
 
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
