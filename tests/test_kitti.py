@@ -324,6 +324,9 @@ def test_reproduce_kitti_points_every_row_at_one_file(walkers: Path, tmp_path: P
     assert run["data"]["path"] == str(walkers.resolve())
     table = (out / "kitti.md").read_text()
     assert "SlowVAE" in table and "MCC" in table
+    assert main(["report", str(out)]) == 0  # the HTML table and curves (no synthetic scatter)
+    assert "kitti: MCC" in (out / "report.html").read_text()
+    assert (out / "kitti_curves.png").is_file() and not (out / "kitti_scatter.png").exists()
     assert main(["reproduce", "table2", "--data", str(walkers), "--out", str(out)]) == 2
 
 

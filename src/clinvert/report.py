@@ -28,7 +28,7 @@ from sklearn.linear_model import LinearRegression  # noqa: E402
 from clinvert.config import ConfigError, read_run_config, validate_config  # noqa: E402
 from clinvert.io import read_jsonl, write_bytes, write_text  # noqa: E402
 from clinvert.metrics import correlation_matrix  # noqa: E402
-from clinvert.reproduce import TABLES, claim_cell  # noqa: E402
+from clinvert.reproduce import DATA_TABLES, TABLES, claim_cell  # noqa: E402
 
 LABEL = {"r2": "R²", "mcc": "MCC"}
 
@@ -80,7 +80,10 @@ def plot_curves(table: str, out: Path, summary: list[dict]) -> bytes:
     colours = plt.cm.tab10(np.linspace(0, 1, max(10, len(summary))))
     for colour, s in zip(colours, summary, strict=False):
         for k, seed_dir in enumerate(sorted((out / "runs" / s["row"]).glob("seed*"))):
-            rows = read_jsonl(seed_dir / "contrastive" / "metrics.jsonl")
+            # the row's own method: contrastive, or slowvae on a SlowVAE row of the KITTI table
+            own = [d for d in sorted(seed_dir.iterdir()) if d.is_dir() and d.name != "supervised"]
+            metrics = own[0] / "metrics.jsonl" if own else None
+            rows = read_jsonl(metrics) if metrics is not None and metrics.exists() else []
             if rows:
                 ax.plot(
                     [r["step"] for r in rows],
@@ -214,13 +217,15 @@ def render_report(directory: str | Path) -> Path:
     out = Path(directory)
     tables = [t for t in TABLES if (out / f"{t}.json").exists()]
     if not tables:
-        raise ConfigError(f"dir: no table1.json or table2.json in {out}; run 'clinvert reproduce'")
+        names = " or ".join(f"{t}.json" for t in TABLES)
+        raise ConfigError(f"dir: no {names} in {out}; run 'clinvert reproduce'")
     sections = []
     for table in tables:
         summary = json.loads((out / f"{table}.json").read_text())
         metric = TABLES[table]
         images = {"bars": plot_bars(table, summary), "curves": plot_curves(table, out, summary)}
-        run = _first_finished_run(out, summary)
+        # the scatter re-samples the synthetic latent process: tables of data files have none
+        run = _first_finished_run(out, summary) if table not in DATA_TABLES else None
         if run is not None:
             images["scatter"] = plot_scatter(table, run)
         for kind, data in images.items():
