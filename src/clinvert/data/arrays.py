@@ -319,14 +319,16 @@ class ArraysSource(PairSource):
         return self.x[i], self.x_positive[j]
 
     def labelled(self, step: int) -> tuple[Tensor, Tensor]:
-        """Batch ``step``'s anchors and their latents, standardised (each factor to mean 0 and
-        std 1 over all rows: factors in pixels and in pixel counts weigh alike in the regression;
-        the affine R² it is scored by does not change)."""
+        """Batch ``step``'s anchors and their latents, each factor mapped affinely onto [0, 1]
+        (its range over all rows): factors in pixels and in pixel counts weigh alike in the
+        regression, a box output (``bound * sigmoid``, bound 1) spans them as it spans the
+        synthetic tables' [0, 1] box, and the affine R² and the MCC they are scored by do not
+        change."""
         if self.z is None:
             return super().labelled(step)
         i, _ = self.indices(step)
-        mean, std = self.z.mean(0), self.z.std(0).clamp(min=1e-12)
-        z = (self.z[i] - mean) / std
+        low, high = self.z.amin(0), self.z.amax(0)
+        z = (self.z[i] - low) / (high - low).clamp(min=1e-12)
         return self.x[i.to(self.device)], z.to(self.device, torch.float32)
 
     def norm_sample(self) -> Tensor:
