@@ -317,6 +317,7 @@ def test_reproduce_kitti_points_every_row_at_one_file(walkers: Path, tmp_path: P
     assert [s["row"] for s in summary] == ["laplace-box-dt1", "slowvae-dt1"]
     assert all(s["mean"] is not None and s["supervised"] is not None for s in summary)
     assert summary[1]["model"].startswith("SlowVAE")
+    assert summary[0]["process"] == f"{walkers.name}, pairs Δt ≤ 1"  # the data, not the model's law
     assert (out / "runs" / "slowvae-dt1" / "seed0" / "slowvae" / "result.json").is_file()
     run = json.loads(
         (out / "runs" / "laplace-box-dt1" / "seed0" / "contrastive" / "result.json").read_text()

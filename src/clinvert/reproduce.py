@@ -13,6 +13,7 @@ import math
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -130,7 +131,8 @@ def aggregate(table: str, specs: list[RunSpec], results: dict[RunSpec, dict]) ->
     summary = []
     for row in dict.fromkeys(s.row for s in specs):
         row_specs = [s for s in specs if s.row == row]
-        cfg = load_config(row_specs[0].config, profile=row_specs[0].profile)
+        first = row_specs[0]
+        cfg = load_config(first.config, list(first.extra), profile=first.profile)
         # "contrastive": the row's own method (InfoNCE, or SlowVAE on a slowvae row)
         by_obj: dict[str, list[tuple[int, dict | None]]] = {o: [] for o in OBJECTIVES}
         for s in row_specs:
@@ -173,7 +175,7 @@ def aggregate(table: str, specs: list[RunSpec], results: dict[RunSpec, dict]) ->
                     if r and r.get("status") != "finished"
                 ],
                 "missing": [f"{o} seed{seed}" for o, v in by_obj.items() for seed, r in v if not r],
-                "process": describe_process(cfg),
+                "process": _process_label(cfg),
                 "model": describe_model(cfg),
                 "matched": cfg.matched,
                 "claims": claims,
@@ -183,6 +185,14 @@ def aggregate(table: str, specs: list[RunSpec], results: dict[RunSpec, dict]) ->
             }
         )
     return summary
+
+
+def _process_label(cfg: Any) -> str:
+    """What generated a row's pairs: the latent process, or for a data file its name and pairing
+    (the row's ``latent`` section then only states the model's assumption)."""
+    if getattr(cfg.data, "source", None) == "kitti":
+        return f"{Path(cfg.data.path).name}, pairs Δt ≤ {cfg.data.max_delta_t}"
+    return describe_process(cfg)
 
 
 def _fmt(value: float | None, std: float | None = None) -> str:
@@ -247,13 +257,20 @@ def render_markdown(table: str, summary: list[dict], command: str, quick: bool) 
         lines += ["", "**Rows short of the theory's claim at this scale:**", *short]
     if notes:
         lines += ["", "Runs not in the means:", *notes]
-    lines += [
-        "",
-        "Each row: mean ± std over seeds of the contrastive encoder on fresh test samples, "
-        "trained for the row's steps × batch; identity = z against g(z); supervised = the same "
-        "encoder regressed on z.",
-        "",
-    ]
+    if table in DATA_TABLES:
+        footer = (
+            "Each row: mean ± std over seeds of the row's method (InfoNCE, or SlowVAE where the "
+            "model says so) on the evaluation frames, trained for the row's steps × batch; "
+            "identity = a linear fit on pooled pixels; supervised = the same encoder regressed on "
+            "the factors."
+        )
+    else:
+        footer = (
+            "Each row: mean ± std over seeds of the contrastive encoder on fresh test samples, "
+            "trained for the row's steps × batch; identity = z against g(z); supervised = the same "
+            "encoder regressed on z."
+        )
+    lines += ["", footer, ""]
     return "\n".join(lines)
 
 
