@@ -326,6 +326,10 @@ def _add_threedident(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    g.add_argument("--out", required=True, help="PNG file to write")
+    g.add_argument("--backends", default="preview", help="comma-separated: preview, cycles")
+    g.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    g.add_argument("--values", type=int, default=5, help="values per factor (default 5)")
     c = group.add_parser(
         "curves",
         help="PNG of each factor's R² over training, one line per run",
@@ -338,10 +342,6 @@ def _add_threedident(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("runs", nargs="+", metavar="RUN", help="run directories (with metrics.jsonl)")
     c.add_argument("--out", required=True, help="PNG file to write")
-    g.add_argument("--out", required=True, help="PNG file to write")
-    g.add_argument("--backends", default="preview", help="comma-separated: preview, cycles")
-    g.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    g.add_argument("--values", type=int, default=5, help="values per factor (default 5)")
 
 
 def demo_config_path() -> Path:
@@ -493,19 +493,9 @@ def _cmd_threedident(args: argparse.Namespace) -> int:
         print(f"curves: {plot_factor_curves(args.runs, args.out)}")
         return 0
     if args.threedident_command == "grid":
-        from clinvert.data.threedident.grid import save_grid, sweep_latents
+        from clinvert.data.threedident.grid import save_grid
 
         backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-        for backend in backends:
-            if backend not in ("preview", "cycles"):
-                raise ConfigError(f"backends: each must be preview or cycles, got {backend!r}")
-        if isinstance(args.size, bool) or not 8 <= args.size <= 1024:
-            raise ConfigError(f"size: must be an integer in 8..1024, got {args.size}")
-        sweep_latents(args.values)  # validates --values before anything renders
-        if "cycles" in backends:
-            from clinvert.data.threedident import cycles
-
-            cycles.require_python()
         print(f"grid: {save_grid(args.out, backends, args.values, args.size)}")
         return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -50,6 +51,14 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 def write_text(path: str | Path, text: str) -> None:
     """Atomically write ``text`` to ``path``."""
     write_bytes(path, text.encode())
+
+
+def write_png(path: str | Path, fig: Any, dpi: float | None = None) -> None:
+    """Atomically write a matplotlib ``Figure`` as PNG. Build it with ``matplotlib.figure.Figure``
+    (not pyplot): no global backend is switched, so this is safe inside a user's notebook."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    write_bytes(path, buf.getvalue())
 
 
 def write_json(path: str | Path, obj: Any) -> None:

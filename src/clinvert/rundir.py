@@ -19,7 +19,6 @@ refused with one line, never executed.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,7 @@ from torch.torch_version import TorchVersion
 
 from clinvert.callbacks import Callback, TensorBoardLogger
 from clinvert.errors import ConfigError
-from clinvert.io import read_jsonl, save_torch, write_bytes, write_json, write_text
+from clinvert.io import read_jsonl, save_torch, write_json, write_png, write_text
 
 if TYPE_CHECKING:
     from clinvert.config import RunConfig
@@ -90,9 +89,7 @@ def plot_r2_per_factor(path: Path, r2_per_factor: dict[str, float], title: str) 
     for i, v in enumerate(r2_per_factor.values()):
         ax.text(i, max(float(v), 0.0) + 0.01, f"{float(v):.2f}", ha="center", fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    write_bytes(path, buf.getvalue())
+    write_png(path, fig)
 
 
 class RunDirectory(Callback):

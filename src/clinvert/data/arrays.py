@@ -257,6 +257,9 @@ class ArraysSource(PairSource):
         self.sequences = sequences
         self.x = torch.as_tensor(data).to(self.device)
         self.z = None if z is None else torch.as_tensor(z)
+        if self.z is not None:  # the range the supervised targets are mapped from (labelled)
+            self._z_low = self.z.amin(0)
+            self._z_span = (self.z.amax(0) - self._z_low).clamp(min=1e-12)
         self.observations = "vector" if self.x.ndim == 2 else "image"
         self.in_dim = int(self.x.shape[1])
         self.num_pairs = len(self.starts) if sequences else len(self.x)
@@ -327,8 +330,7 @@ class ArraysSource(PairSource):
         if self.z is None:
             return super().labelled(step)
         i, _ = self.indices(step)
-        low, high = self.z.amin(0), self.z.amax(0)
-        z = (self.z[i] - low) / (high - low).clamp(min=1e-12)
+        z = (self.z[i] - self._z_low) / self._z_span
         return self.x[i.to(self.device)], z.to(self.device, torch.float32)
 
     def norm_sample(self) -> Tensor:

@@ -7,12 +7,12 @@ with the results (``clinvert threedident grid``).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from clinvert.data.threedident import store
 from clinvert.data.threedident.factors import FACTORS
 from clinvert.errors import ConfigError
 
@@ -35,38 +35,56 @@ def sweep_latents(values: int) -> np.ndarray:
     return z
 
 
+#: the renderers a sweep can use
+BACKENDS = ("preview", "cycles")
+
+
+def check_sweep(backends: Sequence[str], values: int, size: int) -> None:
+    """One-line ConfigError for a bad backend list, value count or image size; for ``cycles``
+    also when Blender's ``bpy`` is missing (before anything renders)."""
+    if not backends:
+        raise ConfigError(f"backends: name at least one of {', '.join(BACKENDS)}")
+    for backend in backends:
+        if backend not in BACKENDS:
+            raise ConfigError(f"backends: each must be preview or cycles, got {backend!r}")
+    sweep_latents(values)
+    store.check_settings(1, size, "preview", "box", 0, None)
+    if "cycles" in backends:
+        from clinvert.data.threedident import cycles
+
+        cycles.require_python()
+
+
 def render_sweep(backend: str, values: int, size: int, samples: int | None = None) -> np.ndarray:
     """Images uint8 [10, values, size, size, 3] of :func:`sweep_latents` with ``backend``."""
+    check_sweep([backend], values, size)
     z = sweep_latents(values)
     if backend == "preview":
         from clinvert.data.threedident import preview
 
         images = preview.render(z, size, ssaa=2)
-    elif backend == "cycles":
+    else:
         from clinvert.data.threedident import cycles
 
         images = cycles.render(z, size, samples or cycles.DEFAULT_SAMPLES)
-    else:
-        raise ConfigError(f"backends: each must be preview or cycles, got {backend!r}")
     return images.reshape(len(FACTORS), values, size, size, 3)
 
 
 def save_grid(out: str | Path, backends: Sequence[str], values: int = 5, size: int = 64) -> Path:
-    """Render the sweep with each backend and write one PNG grid to ``out`` (written atomically)."""
-    import matplotlib
+    """Render the sweep with each backend and write one PNG grid to ``out`` (written atomically).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Raises:
+        ConfigError: see :func:`check_sweep`; nothing is rendered or written then.
+    """
+    from matplotlib.figure import Figure
 
-    from clinvert.io import write_bytes
+    from clinvert.io import write_png
 
-    if not backends:
-        raise ConfigError("backends: name at least one of preview, cycles")
+    check_sweep(backends, values, size)
     sweeps = {b: render_sweep(b, values, size) for b in backends}
     cols = values * len(backends)
-    fig, axes = plt.subplots(
-        len(FACTORS), cols, figsize=(1.1 * cols + 1.2, 1.1 * len(FACTORS) + 0.6), squeeze=False
-    )
+    fig = Figure(figsize=(1.1 * cols + 1.2, 1.1 * len(FACTORS) + 0.6))
+    axes = fig.subplots(len(FACTORS), cols, squeeze=False)
     grid = np.linspace(-1.0, 1.0, values)
     for row, name in enumerate(FACTORS):
         for b, backend in enumerate(backends):
@@ -84,8 +102,5 @@ def save_grid(out: str | Path, backends: Sequence[str], values: int = 5, size: i
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=100, format="png")
-    plt.close(fig)
-    write_bytes(out, buf.getvalue())
+    write_png(out, fig, dpi=100)
     return out

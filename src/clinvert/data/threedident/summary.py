@@ -149,14 +149,9 @@ def plot_factor_curves(runs: list[str | Path], out: str | Path) -> Path:
     Rows without ``r2_per_factor`` (runs of older versions) are skipped; a run with none at all is a
     one-line ConfigError.
     """
-    import io
+    from matplotlib.figure import Figure
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from clinvert.io import read_jsonl, write_bytes
+    from clinvert.io import read_jsonl, write_png
 
     curves = []
     for run in runs:
@@ -169,7 +164,8 @@ def plot_factor_curves(runs: list[str | Path], out: str | Path) -> Path:
             raise ConfigError(f"run: {run}/metrics.jsonl holds no r2_per_factor rows")
         seen = [r["step"] * cfg.train.batch_size for r in rows]
         curves.append((run.name, seen, rows))
-    fig, axes = plt.subplots(2, 5, figsize=(16, 6.4), sharex=True, sharey=True)
+    fig = Figure(figsize=(16, 6.4))
+    axes = fig.subplots(2, 5, sharex=True, sharey=True)
     for ax, factor in zip(axes.flat, FACTORS, strict=True):
         for name, seen, rows in curves:
             ax.plot(seen, [r["r2_per_factor"][factor] for r in rows], marker=".", label=name)
@@ -184,10 +180,7 @@ def plot_factor_curves(runs: list[str | Path], out: str | Path) -> Path:
     axes[0, 0].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"R² per factor over training (dashed: {FACTOR_AT_LEAST:g})", fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=90, format="png")
-    plt.close(fig)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes(out, buf.getvalue())
+    write_png(out, fig, dpi=90)
     return out
