@@ -205,6 +205,36 @@ def test_infonce_and_slowvae_train_and_resume_exactly(walkers: Path, tmp_path: P
         assert a["data"]["max_delta_t"] == 3 and 0 <= a["final"]["mcc"] <= 1
 
 
+def test_channels_last_weights_change_layout_not_arithmetic(walkers: Path) -> None:
+    """``model.memory_format: channels_last`` gives the same initial weights, loss and gradients
+    (float32 convolutions summed in another order). The decoder's last bias gradient sums
+    B x 64 x 64 = 1.3e5 terms (worst-case relative error n * eps = 8e-3, measured 5e-4) and some
+    entries cancel to ~1e-6, so the whole gradient is compared, within 1e-3 of its norm."""
+    from clinvert.experiment import build_experiment
+    from clinvert.train import Trainer
+
+    for objective in ("contrastive", "slowvae"):
+        grads = []
+        for fmt in ("contiguous", "channels_last"):
+            cfg = kitti_config(
+                walkers, model={"memory_format": fmt}, train={"objective": objective}
+            )
+            trainer = Trainer(build_experiment(validate_config(cfg)), progress=False)
+            model = trainer.exp.model
+            convs = [p for p in model.parameters() if p.dim() == 4]
+            assert convs and all(
+                p.is_contiguous(memory_format=torch.channels_last) for p in convs
+            ) == (fmt == "channels_last")
+            loss = {"contrastive": trainer.contrastive_loss, "slowvae": trainer.slowvae_loss}
+            value = loss[objective]()
+            value.backward()
+            grads.append((value.detach(), [p.grad.clone() for p in model.parameters()]))
+        (l0, g0), (l1, g1) = grads
+        torch.testing.assert_close(l1, l0, rtol=1e-4, atol=1e-5)
+        a, b = torch.cat([g.flatten() for g in g0]), torch.cat([g.flatten() for g in g1])
+        assert float((b - a).norm()) <= 1e-3 * float(a.norm()), objective
+
+
 def test_config_errors_name_the_field(walkers: Path, tmp_path: Path, capsys) -> None:
     missing = kitti_config(tmp_path / "nothing.pickle")
     assert main(["train", str(write_cfg(tmp_path, missing)), "--out", str(tmp_path / "r")]) == 2

@@ -75,6 +75,16 @@ def test_shipped_tables_have_the_required_rows() -> None:
         "table1", Path("/tmp/x"), quick=True, seeds=5, root=ROOT / "configs/synthetic"
     )
     assert len(specs) == len(t1) * 5 * 2
+    ceiling = build_specs(
+        "table1",
+        Path("/tmp/x"),
+        quick=True,
+        seeds=5,
+        root=ROOT / "configs/synthetic",
+        ceiling_seeds=2,
+    )
+    assert len(ceiling) == len(t1) * (5 + 2)
+    assert {s.seed for s in ceiling if s.objective == "supervised"} == {0, 1}
     quick = specs[0].resolve()
     paper = build_specs(
         "table1", Path("/tmp/x"), quick=False, seeds=1, root=ROOT / "configs/synthetic"
@@ -199,6 +209,8 @@ def test_reproduce_rejects_unknown_rows_before_running(configs: Path, tmp_path: 
         build_specs("table2", tmp_path, quick=True, seeds=1, rows=["nope"], root=configs)
     with pytest.raises(ConfigError, match="--seeds"):
         build_specs("table2", tmp_path, quick=True, seeds=0, root=configs)
+    with pytest.raises(ConfigError, match="--ceiling-seeds: must be in 1..--seeds"):
+        build_specs("table2", tmp_path, quick=True, seeds=2, ceiling_seeds=3, root=configs)
 
 
 def test_reproduce_on_a_local_ray_instance(configs: Path, tmp_path: Path) -> None:

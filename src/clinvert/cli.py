@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quick", action="store_true", help="use each row's 'quick' profile")
     p.add_argument("--seeds", type=int, default=5, help="seeds per row (default 5)")
+    p.add_argument(
+        "--ceiling-seeds",
+        type=int,
+        help="run the supervised ceiling for the first N seeds only (default: every seed)",
+    )
     p.add_argument("--rows", help="comma-separated row names (default: all rows)")
     p.add_argument("--backend", default="local", help="local (processes, default) or ray")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
@@ -445,6 +450,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         root=Path(args.configs) if args.configs else None,
         collect_only=args.collect,
         data=args.data,
+        ceiling_seeds=args.ceiling_seeds,
     )
     print((Path(args.out) / f"{args.table}.md").read_text())
     incomplete = [s["row"] for s in summary if s["failed"] or s["missing"]]

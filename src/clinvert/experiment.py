@@ -51,7 +51,15 @@ class Experiment:
 
 
 def init_model(cfg: RunConfig, device: torch.device, in_dim: int) -> torch.nn.Module:
-    """The run's model with weights drawn from the seed's init stream (global RNG untouched)."""
+    """The run's model with weights drawn from the seed's init stream (global RNG untouched), in
+    ``model.memory_format`` (4-d weights only: the same numbers in another layout)."""
+    model = _init_model(cfg, device, in_dim)
+    if cfg.model.memory_format == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _init_model(cfg: RunConfig, device: torch.device, in_dim: int) -> torch.nn.Module:
     m = cfg.model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.train.seed, STREAM_INIT))

@@ -84,11 +84,16 @@ def build_specs(
     threads: int = 1,
     root: Path | None = None,
     data: str | None = None,
+    ceiling_seeds: int | None = None,
 ) -> list[RunSpec]:
     """Every run of a table: rows x seeds x (the row's objective, supervised), validated before any
-    work starts. ``data`` points every row's ``data.path`` at one file (tables of real data)."""
+    work starts. ``data`` points every row's ``data.path`` at one file (tables of real data);
+    ``ceiling_seeds`` limits the supervised ceiling to the first N seeds (default: every seed)."""
     if seeds < 1:
         raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
+    if ceiling_seeds is not None and not 1 <= ceiling_seeds <= seeds:
+        raise ConfigError(f"--ceiling-seeds: must be in 1..--seeds ({seeds}), got {ceiling_seeds}")
+    ceiling_seeds = seeds if ceiling_seeds is None else ceiling_seeds
     if data is not None and table not in DATA_TABLES:
         raise ConfigError(f"--data: only for the tables {', '.join(DATA_TABLES)}, got {table}")
     if data is not None and not Path(data).is_file():
@@ -101,7 +106,7 @@ def build_specs(
         own = load_config(str(path), list(extra), profile).train.objective
         own = "contrastive" if own == "supervised" else own
         for seed in range(seeds):
-            for objective in (own, "supervised"):
+            for objective in (own, "supervised") if seed < ceiling_seeds else (own,):
                 spec = RunSpec(
                     row,
                     str(path),
@@ -289,17 +294,26 @@ def reproduce(
     root: Path | None = None,
     collect_only: bool = False,
     data: str | None = None,
+    ceiling_seeds: int | None = None,
 ) -> list[dict]:
     """Run (or continue) a table and write ``OUT/<table>.json`` and ``OUT/<table>.md``.
 
     With ``collect_only`` nothing runs: the finished runs are aggregated and the others are listed
-    as missing.
+    as missing. ``ceiling_seeds`` runs the supervised ceiling for the first N seeds only.
     """
     out = Path(out)
     workers = workers or default_workers()
     threads = max(1, available_cores() // workers) if backend == "local" else 1
     specs = build_specs(
-        table, out, quick=quick, seeds=seeds, rows=rows, threads=threads, root=root, data=data
+        table,
+        out,
+        quick=quick,
+        seeds=seeds,
+        rows=rows,
+        threads=threads,
+        root=root,
+        data=data,
+        ceiling_seeds=ceiling_seeds,
     )
     if collect_only:
         found = {spec: current_result(spec) for spec in specs}
