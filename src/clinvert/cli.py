@@ -13,7 +13,15 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from clinvert.config import ConfigError, describe_model, describe_process, load_config
+from clinvert.config import (
+    ConfigError,
+    check_data_dirs,
+    describe_model,
+    describe_process,
+    load_config,
+    read_run_config,
+    validate_config,
+)
 
 EPILOG_TRAIN = """\
 examples:
@@ -68,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
     p.add_argument("--profile", help="merge this profile of the config first (e.g. quick)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        help=(
+            "train with N processes on this machine (data parallel, negatives gathered across "
+            "them: gloo on CPU, nccl on CUDA); under torchrun the launcher's WORLD_SIZE is used"
+        ),
+    )
     _add_set(p)
 
     p = sub.add_parser(
@@ -377,7 +393,58 @@ def print_comparison(result: dict) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from clinvert import train
+    from clinvert import distributed
+
+    if args.nproc is not None and args.nproc < 1:
+        raise ConfigError(f"--nproc: must be >= 1, got {args.nproc}")
+    if distributed.launched():  # one rank of --nproc or torchrun
+        distributed.init_from_env(args.nproc)
+        try:
+            return _train_here(args)
+        except Exception as exc:
+            if distributed.lost_peer(exc):
+                return distributed.rank_exit(exc)
+            raise
+        finally:
+            distributed.shutdown()
+    if args.nproc is not None and args.nproc > 1:
+        _check_before_launch(args)  # one error line from here, not one per rank
+        return distributed.launch(args.argv, args.nproc, args.resume or args.out)
+    return _train_here(args)
+
+
+def _check_before_launch(args: argparse.Namespace) -> None:
+    """What every rank would refuse (the rules of :class:`clinvert.data.sources.Shards`),
+    checked once before the ranks start."""
+    from clinvert.rundir import check_run_dir
+
+    if args.resume:
+        if not (Path(args.resume) / "config.yaml").exists():
+            raise ConfigError(f"--resume: {args.resume} holds no run (config.yaml missing)")
+        cfg = validate_config(read_run_config(args.resume))
+        shards = cfg.train.shards or 1  # a run started in one process has one shard
+    else:
+        if not args.config or not args.out:
+            raise ConfigError("config, --out: a distributed run needs both")
+        cfg = load_config(args.config, args.overrides, args.profile)
+        check_run_dir(Path(args.out), args.force)
+        check_data_dirs(cfg)
+        shards = cfg.train.shards or args.nproc
+    if shards % args.nproc:
+        raise ConfigError(
+            f"train.shards: {shards} shards cannot be split evenly over --nproc {args.nproc} "
+            "processes (a run resumes with the number of processes it started with, or a divisor "
+            "of its shards)"
+        )
+    if cfg.train.batch_size % shards:
+        raise ConfigError(
+            f"train.batch_size: {cfg.train.batch_size} rows cannot be split into {shards} equal "
+            "shards (use a multiple of the number of processes)"
+        )
+
+
+def _train_here(args: argparse.Namespace) -> int:
+    from clinvert import distributed, train
 
     if args.resume:
         if args.config or args.overrides or args.profile:
@@ -398,7 +465,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--steps: only with --resume; use --set train.steps=N")
         cfg = load_config(args.config, args.overrides, args.profile)
         result = train.train(cfg, args.out, progress=not args.quiet, force=args.force)
-    print_comparison(result)
+    if distributed.world().is_main:
+        print_comparison(result)
     return 0 if result["status"] == "finished" else 1
 
 
@@ -546,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # what --nproc passes on
     try:
         if args.command in TRAINING_COMMANDS:
             from clinvert.runtime import configure_process

@@ -172,6 +172,15 @@ class TrainConfig(_Section):
     #: ``slowvae`` (the SlowVAE baseline on the same pairs; image sources, ``train.slowvae``)
     objective: Literal["contrastive", "supervised", "slowvae"] = "contrastive"
     slowvae: SlowVAEConfig = SlowVAEConfig()
+    #: Shards of every global batch, each drawn from its own stream of (seed, step, shard)
+    #: (:class:`clinvert.data.sources.Shards`). None: one per process (1 in a single process:
+    #: the batches of earlier versions). A distributed run records its value in config.yaml;
+    #: one process with ``shards: N`` draws exactly the batches of an N-process run.
+    shards: Annotated[int, Field(ge=1, le=65536)] | None = None
+    #: Arithmetic of the encoder's forward and backward: ``fp32``; ``tf32`` (CUDA matmuls and
+    #: convolutions in TensorFloat-32); ``bf16`` (autocast to bfloat16 where torch deems it safe;
+    #: the loss's similarities and log-sum-exp stay in float32).
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
 
 
 class EvalConfig(_Section):

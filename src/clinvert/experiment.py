@@ -21,11 +21,13 @@ from clinvert.models import Model, make_model
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when present, else CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             "train.device: cuda requested but no CUDA device is available, got 'cuda'"
         )
+    if name == "cuda":  # this process's device (a distributed rank's own, set when it joined)
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
 
 

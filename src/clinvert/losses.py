@@ -213,7 +213,14 @@ def register_similarity(
     return add if matrix is None else add(matrix)
 
 
-def _check(anchor: Tensor, positive: Tensor, similarity: str, p: float, tau: float) -> None:
+def _check(
+    anchor: Tensor,
+    positive: Tensor,
+    similarity: str,
+    p: float,
+    tau: float,
+    offset: int | None = None,
+) -> None:
     if similarity not in SIMILARITIES:
         raise ValueError(
             f"similarity must be one of {', '.join(SIMILARITIES.names())}, got {similarity!r}"
@@ -222,10 +229,21 @@ def _check(anchor: Tensor, positive: Tensor, similarity: str, p: float, tau: flo
         raise ValueError(f"tau must be a finite number > 0, got {tau}")
     if SIMILARITIES.get(similarity).fused == "lp" and not (math.isfinite(p) and p >= 1):
         raise ValueError(f"p must be a finite number >= 1 for the lp similarity, got {p}")
-    if anchor.ndim != 2 or anchor.shape != positive.shape:
+    if offset is None:
+        if anchor.ndim != 2 or anchor.shape != positive.shape:
+            raise ValueError(
+                "anchor and positive must both have shape [B, d], got "
+                f"{tuple(anchor.shape)} and {tuple(positive.shape)}"
+            )
+        return
+    if anchor.ndim != 2 or positive.ndim != 2 or anchor.shape[1] != positive.shape[1]:
         raise ValueError(
-            "anchor and positive must both have shape [B, d], got "
+            "anchor and positive must have shapes [B, d] and [M, d], got "
             f"{tuple(anchor.shape)} and {tuple(positive.shape)}"
+        )
+    if not 0 <= offset <= positive.shape[0] - anchor.shape[0]:
+        raise ValueError(
+            f"offset must be in 0..{positive.shape[0] - anchor.shape[0]} (M - B), got {offset}"
         )
 
 
@@ -250,12 +268,16 @@ def info_nce(
     p: float = 2.0,
     tau: float = 1.0,
     self_negative: bool = False,
+    offset: int | None = None,
 ) -> Tensor:
     """InfoNCE: mean_i [ -log softmax_j( s(anchor_i, positive_j) / tau )[i] ].
 
     Args:
         anchor: [B, d] encodings of the anchors.
         positive: [B, d] encodings of their positive partners; row j != i is a negative for anchor i.
+            With ``offset``: [M, d], M >= B, anchor i's positive is row ``offset + i`` and every
+            other row is a negative (the rows of a data-parallel rank against the gathered
+            positives of all ranks: the mean over this rank's rows of the global batch's loss).
         similarity: ``"cosine"`` (s = a.b, inputs used as given) or ``"lp"`` (s = -||a - b||_p^p).
         p: exponent of the ``lp`` similarity, >= 1.
         tau: temperature, > 0.
@@ -274,9 +296,10 @@ def info_nce(
         >>> float(info_nce(a, a, tau=0.1)) < float(info_nce(a, a.roll(1, 0), tau=0.1))
         True
     """
-    _check(anchor, positive, similarity, p, tau)
+    _check(anchor, positive, similarity, p, tau, offset)
+    offset = offset or 0
     if SIMILARITIES.get(similarity).fused is None:
-        return _plain_info_nce(anchor, positive, similarity, p, tau, self_negative)
+        return _plain_info_nce(anchor, positive, similarity, p, tau, self_negative, offset)
     # The self term's logit in each path's convention (None: no self term). Cosine: a.a / tau. L2:
     # the dot path drops -||a_i||^2 / tau from row i, so the self term's 0 becomes +||a_i||^2 / tau.
     # Other L_p: 0. Its gradient flows through autograd into the anchor.
@@ -288,23 +311,31 @@ def info_nce(
             extra = anchor.new_zeros(anchor.shape[0])
     kind = SIMILARITIES.get(similarity).fused
     if kind == "cosine":  # s/tau = (a/tau) . b: scale the [B, d] input, not the [B, B] matrix
-        return _FusedInfoNCE.apply(anchor / tau, positive, None, "dot", 2.0, extra)
+        return _FusedInfoNCE.apply(anchor / tau, positive, None, "dot", 2.0, extra, offset)
     if p == 2.0:
         # -||a_i - b_j||^2 / tau = (2 a_i . b_j - ||b_j||^2) / tau - ||a_i||^2 / tau; the last term
         # is constant along each row of the softmax, so it cancels in the loss exactly.
         bias = -(positive * positive).sum(-1) / tau
-        return _FusedInfoNCE.apply(anchor * (2.0 / tau), positive, bias, "dot", 2.0, extra)
+        return _FusedInfoNCE.apply(anchor * (2.0 / tau), positive, bias, "dot", 2.0, extra, offset)
     # ||a - b||_p^p / tau = ||a / tau^(1/p) - b / tau^(1/p)||_p^p
     scale = tau ** (-1.0 / p)
-    return _FusedInfoNCE.apply(anchor * scale, positive * scale, None, "lp", float(p), extra)
+    return _FusedInfoNCE.apply(
+        anchor * scale, positive * scale, None, "lp", float(p), extra, offset
+    )
 
 
 def _plain_info_nce(
-    anchor: Tensor, positive: Tensor, similarity: str, p: float, tau: float, self_negative: bool
+    anchor: Tensor,
+    positive: Tensor,
+    similarity: str,
+    p: float,
+    tau: float,
+    self_negative: bool,
+    offset: int = 0,
 ) -> Tensor:
-    """InfoNCE of a registered similarity without a fused path: log-softmax of the [B, B] logits."""
-    scores = logits(anchor, positive, similarity=similarity, p=p, tau=tau)  # [B, B]
-    positive_logit = scores.diagonal()
+    """InfoNCE of a registered similarity without a fused path: log-softmax of the [B, M] logits."""
+    scores = SIMILARITIES.get(similarity).matrix(anchor, positive, p) / tau  # [B, M]
+    positive_logit = scores.diagonal(offset)
     if self_negative:
         own = SIMILARITIES.get(similarity).paired(anchor, anchor, p) / tau
         scores = torch.cat([scores, own[:, None]], dim=1)
@@ -404,9 +435,17 @@ class _FusedInfoNCE(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, a: Tensor, b: Tensor, bias: Tensor | None, kind: str, p: float, extra: Tensor | None
+        ctx,
+        a: Tensor,
+        b: Tensor,
+        bias: Tensor | None,
+        kind: str,
+        p: float,
+        extra: Tensor | None,
+        offset: int = 0,
     ) -> Tensor:
         rows = a.shape[0]
+        own = slice(offset, offset + rows)  # the columns of the rows' own positives
         step = max(1, LOGIT_BLOCK_ELEMENTS // max(1, b.shape[0]))
         # The bounded path's no-denormal guarantee holds for the B columns only: off with ``extra``.
         bounds = _dot_bounds(a, b, bias) if kind == "dot" and extra is None else None
@@ -419,7 +458,7 @@ class _FusedInfoNCE(torch.autograd.Function):
                 blk = slice(start, min(rows, start + step))
                 total = (a_aug[blk] @ b_aug.T).exp_().sum(dim=1)  # each term in [e^-span, 1]
                 lse[blk] = shift[blk] + torch.log(total)
-            diag = (a * b).sum(dim=1) + (bias if bias is not None else 0.0)
+            diag = (a * b[own]).sum(dim=1) + (bias[own] if bias is not None else 0.0)
         else:
             lse = a.new_empty(rows)
             diag = a.new_empty(rows)
@@ -427,14 +466,14 @@ class _FusedInfoNCE(torch.autograd.Function):
                 blk = slice(start, min(rows, start + step))
                 s = _block_logits(a[blk], b, bias, kind, p)
                 idx = torch.arange(blk.start, blk.stop, device=a.device)
-                diag[blk] = s[idx - blk.start, idx]
+                diag[blk] = s[idx - blk.start, idx + offset]
                 top = s.amax(dim=1, keepdim=True)
                 total = s.sub_(top).clamp_min_(EXP_FLOOR).exp_().sum(dim=1)
                 lse[blk] = top.squeeze(1) + torch.log(total)
         if extra is not None:
             lse = torch.logaddexp(lse, extra)
         ctx.save_for_backward(a, b, bias, lse, extra)
-        ctx.kind, ctx.p, ctx.step = kind, p, step
+        ctx.kind, ctx.p, ctx.step, ctx.offset = kind, p, step, offset
         return (lse - diag).mean()
 
     @staticmethod
@@ -443,7 +482,7 @@ class _FusedInfoNCE(torch.autograd.Function):
         rows = a.shape[0]
         scale = grad / rows
         if ctx.bounded:
-            return (*_bounded_backward(a, b, bias, lse, scale, ctx.step), None)
+            return (*_bounded_backward(a, b, bias, lse, scale, ctx.step, ctx.offset), None, None)
         # d/d extra_i of logaddexp(lse_i, extra_i) is the extra term's own softmax weight.
         grad_extra = (extra - lse).exp_().mul_(scale) if extra is not None else None
         grad_a = torch.empty_like(a)
@@ -454,22 +493,29 @@ class _FusedInfoNCE(torch.autograd.Function):
             s = _block_logits(a[blk], b, bias, ctx.kind, ctx.p)
             weights = s.sub_(lse[blk, None]).clamp_min_(EXP_FLOOR).exp_()  # softmax over j
             idx = torch.arange(blk.start, blk.stop, device=a.device)
-            weights[idx - blk.start, idx] -= 1.0  # minus the positive's one-hot
+            weights[idx - blk.start, idx + ctx.offset] -= 1.0  # minus the positive's one-hot
             weights.mul_(scale)
             ga, gb = _block_grads(a[blk], b, weights, ctx.kind, ctx.p)
             grad_a[blk] = ga
             grad_b += gb
             if grad_bias is not None:
                 grad_bias += weights.sum(0)
-        return grad_a, grad_b, grad_bias, None, None, grad_extra
+        return grad_a, grad_b, grad_bias, None, None, grad_extra, None
 
 
 def _bounded_backward(
-    a: Tensor, b: Tensor, bias: Tensor | None, lse: Tensor, scale: Tensor, step: int
+    a: Tensor,
+    b: Tensor,
+    bias: Tensor | None,
+    lse: Tensor,
+    scale: Tensor,
+    step: int,
+    offset: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor | None, None, None]:
     """Gradients of the bounded "dot" path: softmax weights w_ij = exp(s_ij - lse_i) from one
-    product (lse rides in as a column), then d/da_i = scale (sum_j w_ij b_j - b_i),
-    d/db_j = scale (sum_i w_ij a_i - a_j), d/dbias_j = scale (sum_i w_ij - 1).
+    product (lse rides in as a column), then d/da_i = scale (sum_j w_ij b_j - b_(o+i)),
+    d/db_j = scale (sum_i w_ij a_i - a_(j-o)), d/dbias_j = scale (sum_i w_ij - 1), the last terms
+    only for the columns o .. o + rows - 1 that are some row's own positive (o = ``offset``).
 
     Every w_ij >= exp(-BOUNDED_SPAN): no floor is needed and no denormal reaches a product.
     """
@@ -489,9 +535,14 @@ def _bounded_backward(
         wa_t.addmm_(a[blk].T, weights)
         if w_sum is not None:
             w_sum += weights.sum(0)
-    grad_a.sub_(b).mul_(scale)
-    grad_b = wa_t.T.sub(a).mul_(scale).contiguous()
-    grad_bias = w_sum.sub_(1.0).mul_(scale) if w_sum is not None else None
+    own = slice(offset, offset + rows)
+    grad_a.sub_(b[own]).mul_(scale)
+    grad_b = wa_t.T.contiguous()
+    grad_b[own] -= a
+    grad_b.mul_(scale)
+    if w_sum is not None:
+        w_sum[own] -= 1.0
+    grad_bias = w_sum.mul_(scale) if w_sum is not None else None
     return grad_a, grad_b, grad_bias, None, None
 
 
@@ -556,8 +607,9 @@ class InfoNCE(nn.Module):
         self.similarity, self.p, self.tau = similarity, float(p), float(tau)
         self.self_negative = bool(self_negative)
 
-    def forward(self, anchor: Tensor, positive: Tensor) -> Tensor:
-        """Scalar loss for [B, d] anchors and positives."""
+    def forward(self, anchor: Tensor, positive: Tensor, offset: int | None = None) -> Tensor:
+        """Scalar loss for [B, d] anchors and positives (or [M, d] positives with ``offset``: see
+        :func:`info_nce`)."""
         return info_nce(
             anchor,
             positive,
@@ -565,6 +617,7 @@ class InfoNCE(nn.Module):
             p=self.p,
             tau=self.tau,
             self_negative=self.self_negative,
+            offset=offset,
         )
 
     def extra_repr(self) -> str:

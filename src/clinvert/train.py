@@ -11,6 +11,8 @@ callbacks, so the same loop serves ``clinvert train`` and the in-memory estimato
 
 from __future__ import annotations
 
+import inspect
+import os
 import platform
 import time
 from collections.abc import Iterable
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from clinvert import distributed
 from clinvert.callbacks import Callback
 from clinvert.config import RunConfig, check_data_dirs, read_run_config, validate_config
 from clinvert.data.sources import (  # noqa: F401 - re-exported for scripts of earlier versions
@@ -31,6 +34,7 @@ from clinvert.data.sources import (  # noqa: F401 - re-exported for scripts of e
     STREAM_TEST,
     STREAM_TRAIN,
     PairSource,
+    Shards,
     batch_seed,
     derive_seed,
     encode,
@@ -56,6 +60,24 @@ GUARD_EVERY = 50
 
 class RunFailed(RuntimeError):
     """Training stopped because the loss or a gradient became non-finite."""
+
+
+class Objective(torch.nn.Module):
+    """The training objective as one module, ``forward(step) -> loss`` of batch ``step``: what
+    ``DistributedDataParallel`` wraps in a distributed run (its parameters are the model's)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        super().__init__()
+        self.model = trainer.exp.model
+        self._loss = {
+            "contrastive": trainer.contrastive_loss,
+            "supervised": trainer.supervised_loss,
+            "slowvae": trainer.slowvae_loss,
+        }[trainer.cfg.train.objective]
+
+    def forward(self, step: int) -> Tensor:
+        """The loss of batch ``step`` (this process's rows of it)."""
+        return self._loss()
 
 
 class Trainer:
@@ -86,10 +108,20 @@ class Trainer:
         self.cfg = cfg = self.exp.cfg
         self.source = self.exp.source
         self.device = self.exp.device
+        #: this process's place in a distributed run; only rank 0 evaluates and writes
+        self.world = distributed.world()
         self.out = Path(out_dir) if out_dir is not None else None
-        self.callbacks: list[Callback] = run_callbacks(cfg, self.out) if self.out else []
-        self.callbacks += list(callbacks)
-        self.progress = progress
+        main = self.world.is_main
+        self.callbacks: list[Callback] = run_callbacks(cfg, self.out) if self.out and main else []
+        self.callbacks += list(callbacks) if main else []
+        self.progress = progress and main
+        self.shards = Shards.of(cfg)
+        self.autocast = cfg.train.precision == "bf16"
+        if cfg.train.precision == "tf32" and self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.objective: torch.nn.Module = Objective(self)
+        self._fault = bool(os.environ.get(distributed.FAULT_ENV))
         self.optimizer = make_optimizer(cfg, self.exp.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, cfg)
@@ -111,15 +143,18 @@ class Trainer:
         gradient are finite, :data:`BAD_LOSS` or :data:`BAD_GRAD` otherwise. Nothing here waits for
         the device; :meth:`run` reads the flags in batches (every step on CPU, where it is free).
         """
-        objectives = {
-            "contrastive": self.contrastive_loss,
-            "supervised": self.supervised_loss,
-            "slowvae": self.slowvae_loss,
-        }
-        loss = objectives[self.cfg.train.objective]()
+        if self._fault:
+            distributed.maybe_fail(self.step)
+        loss = self.objective(self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        bad = (~torch.isfinite(loss)).long() * BAD_LOSS
+        loss.backward()  # in a distributed run, DDP averages the gradients over the ranks here
+        loss_bad = ~torch.isfinite(loss.detach())
+        if self.world.distributed:
+            # the global batch's loss is the mean of the ranks' (equal shards); any rank's bad
+            # loss stops every rank (their gradients, averaged, are bad too)
+            both = distributed.sum_over_ranks(torch.stack([loss.detach(), loss_bad.to(loss.dtype)]))
+            loss, loss_bad = both[0] / self.world.size, both[1] > 0
+        bad = loss_bad.long() * BAD_LOSS
         grads = [p.grad for p in self.exp.model.parameters() if p.grad is not None]
         if grads:
             grad_bad = ~torch.isfinite(torch.nn.utils.get_total_norm(grads))
@@ -128,17 +163,33 @@ class Trainer:
         self.scheduler.step()
         return loss.detach(), bad
 
+    def _encode(self, x: Tensor) -> Tensor:
+        """f(x) for training, under ``train.precision``'s autocast (outputs in float32)."""
+        if not self.autocast:
+            return self.exp.model(x)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            h = self.exp.model(x)
+        return h.float()
+
     def contrastive_loss(self) -> Tensor:
-        """InfoNCE on batch ``self.step`` of positive pairs."""
+        """InfoNCE on batch ``self.step`` of positive pairs.
+
+        In a distributed run: this rank's anchors against the positives of every rank (gathered,
+        gradients flowing back to their owners), i.e. this rank's rows of the single-process loss
+        of the global batch, averaged over them; DDP's mean over the ranks makes it the global
+        mean."""
         x, x_positive = self.source.pairs(self.step)
         batch = x.shape[0]
-        h = self.exp.model(torch.cat([x, x_positive]))  # one pass over both views: [2B, d]
-        return self.exp.loss(h[:batch], h[batch:])
+        h = self._encode(torch.cat([x, x_positive]))  # one pass over both views: [2B, d]
+        if not self.world.distributed:
+            return self.exp.loss(h[:batch], h[batch:])
+        positives = distributed.gather(h[batch:])
+        return self.exp.loss(h[:batch], positives, offset=self.world.rank * batch)
 
     def supervised_loss(self) -> Tensor:
         """The supervised baseline: mean squared error of f(x) against the latents (the ceiling)."""
         x, z = self.source.labelled(self.step)
-        h = self.exp.model(x)
+        h = self._encode(x)
         # more outputs than latents (KITTI: 10 outputs, 3 factors): the first k are regressed,
         # the others are free (the affine R² of all of them is at least that of the first k);
         # fewer outputs than latents is refused when the experiment is built
@@ -150,9 +201,20 @@ class Trainer:
         Its sampling noise is a function of (seed, step), like the batch: a resumed run continues
         exactly."""
         x, x_positive = self.source.pairs(self.step)
-        gen = torch.Generator(self.device)
-        gen.manual_seed(batch_seed(self.cfg.train.seed, STREAM_NOISE, self.step))
-        return self.exp.model.loss(x, x_positive, generator=gen)
+        if self.shards.count == 1:
+            gen = torch.Generator(self.device)
+            gen.manual_seed(batch_seed(self.cfg.train.seed, STREAM_NOISE, self.step))
+            return self.exp.model.loss(x, x_positive, generator=gen)
+        # one noise stream per shard, as for the pairs: [2 rows, d] per shard, anchors' rows first
+        size, width = self.shards.size, self.exp.model.latent_dim
+        parts = [
+            torch.randn(
+                (2 * size, width), generator=make_generator(s, self.device), device=self.device
+            )
+            for s in self.shards.seeds(self.cfg.train.seed, STREAM_NOISE, self.step)
+        ]
+        noise = torch.cat([n[:size] for n in parts] + [n[size:] for n in parts])
+        return self.exp.model.loss(x, x_positive, noise=noise.to(x.dtype))
 
     def evaluate(self, split: str = "eval") -> dict[str, Any]:
         """Scores of the current encoder on the source's ``split`` set (never a training batch)."""
@@ -230,11 +292,38 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_close(self)
 
+    def _distribute(self, resume: bool) -> None:
+        """A distributed run: every rank takes rank 0's state (on resume, what rank 0 read from
+        the checkpoint; else identical already) and trains through DistributedDataParallel."""
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        if resume:
+            state = [_to_cpu(self.state_dict()) if self.world.is_main else None]
+            dist.broadcast_object_list(state, src=0)
+            if not self.world.is_main:
+                self.load_state_dict(state[0])
+        if self.device.type == "cuda":
+            # batch statistics over the global batch (on the CPU they stay per rank)
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.exp.model)
+        # buffers (the input normalisation) are equal on every rank by construction: synced at
+        # the start, not before every forward (the keyword was renamed in torch 2.13)
+        params = inspect.signature(DistributedDataParallel.__init__).parameters
+        sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+        self.objective = DistributedDataParallel(
+            self.objective,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            **{sync: False},
+        )
+
     def _run(self, resume: bool) -> dict[str, Any]:
         cfg = self.cfg
         for cb in self.callbacks:
             cb.on_start(self, resume)
-        identity = self.source.baseline()
+        if self.world.distributed:
+            self._distribute(resume)
+        main = self.world.is_main
+        identity = self.source.baseline() if main else {}
         status, error = "finished", None
         bar = tqdm(
             total=cfg.train.steps,
@@ -249,7 +338,7 @@ class Trainer:
         guard_every = 1 if self.device.type == "cpu" else GUARD_EVERY
         first_bad = torch.zeros(2, dtype=torch.long, device=self.device)  # (step, code) of 1st bad
         try:
-            if self.step == 0 and not self.rows:
+            if self.step == 0 and not self.rows and main:
                 self._log_eval(None, bar)
             while self.step < cfg.train.steps:
                 loss, bad = self.train_step()
@@ -265,15 +354,18 @@ class Trainer:
                 if do_eval or do_ckpt or self.step % guard_every == 0:
                     self._guard(first_bad)
                 if do_eval:
-                    self._log_eval(float(self.loss_sum) / self.loss_count, bar)
+                    if main:  # once, not once per rank
+                        self._log_eval(float(self.loss_sum) / self.loss_count, bar)
                     self.loss_sum.zero_()
                     self.loss_count = 0
-                if do_ckpt:
+                if do_ckpt and main:
                     self._checkpoint()
         except RunFailed as exc:
             status, error = "failed", str(exc)
         finally:
             bar.close()
+        if not main:
+            return {"status": status, "rank": self.world.rank, "steps": self.step}
         if status == "finished":
             self._checkpoint()
         result = self._result(status, error, identity)
@@ -321,6 +413,7 @@ class Trainer:
                 "seed": self.cfg.train.seed,
                 "name": self.cfg.name,
                 "device": str(self.device),
+                "processes": self.world.size,
                 "mixing": fields.pop("mixing", None),
                 "eval_samples": fields.pop("eval_samples", None),
                 "versions": {
@@ -334,6 +427,26 @@ class Trainer:
             }
         )
         return result
+
+
+def with_shards(cfg: RunConfig, processes: int) -> RunConfig:
+    """``cfg`` with ``train.shards`` resolved for a fresh run of ``processes`` processes (one
+    shard per process when unset; a single process keeps None: the batches of earlier versions).
+    The run's config.yaml records the value, so that ``--resume`` draws the same batches."""
+    if processes == 1 or cfg.train.shards is not None:
+        return cfg
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"shards": processes})})
+
+
+def _to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor moved to the CPU (to send a state between ranks)."""
+    if isinstance(obj, Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 def train(
@@ -353,8 +466,9 @@ def train(
     out = Path(out_dir)
     check_run_dir(out, force)
     check_data_dirs(cfg)
+    cfg = with_shards(cfg, distributed.world().size)
     trainer = Trainer(cfg, out, progress, callbacks=callbacks)
-    if force:
+    if force and trainer.world.is_main:
         for name in ("result.json", CHECKPOINT, "metrics.jsonl"):
             (out / name).unlink(missing_ok=True)
     return trainer.run()

@@ -38,7 +38,7 @@ from torch import Tensor
 from clinvert.data.sources import (
     STREAM_TRAIN,
     PairSource,
-    batch_seed,
+    Shards,
     check_split,
     encode,
     evenly_spaced,
@@ -186,6 +186,7 @@ class ArraysSource(PairSource):
         self._build_eval(test_x, test_z, names)
         self._check_encoder()
         self.batch_size = cfg.train.batch_size
+        self.shards = Shards.of(cfg)
         if self.batch_size > self.num_pairs:
             raise ConfigError(
                 f"train.batch_size: {self.batch_size} is more than the {self.num_pairs} positive pairs in "
@@ -299,19 +300,28 @@ class ArraysSource(PairSource):
             )
 
     # ----- training ----------------------------------------------------------------------------
-    def _rows(self, count: int, gen: torch.Generator) -> Tensor:
+    def _rows(self, count: int, rows: int, gen: torch.Generator) -> Tensor:
         if count <= PERMUTE_UP_TO:
-            return torch.randperm(count, generator=gen)[: self.batch_size]
-        return torch.randint(count, (self.batch_size,), generator=gen)
+            return torch.randperm(count, generator=gen)[:rows]
+        return torch.randint(count, (rows,), generator=gen)
 
     def indices(self, step: int) -> tuple[Tensor, Tensor]:
-        """Row indices (anchors, positives) of batch ``step``, [B] each (CPU)."""
-        gen = torch.Generator().manual_seed(batch_seed(self.cfg.train.seed, STREAM_TRAIN, step))
+        """Row indices (anchors, positives) of this process's part of batch ``step`` (all of it
+        in a single process), [B] each (CPU): its shards, each from its own stream."""
+        parts = [
+            self._shard(torch.Generator().manual_seed(seed), self.shards.size)
+            for seed in self.shards.seeds(self.cfg.train.seed, STREAM_TRAIN, step)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([i for i, _ in parts]), torch.cat([j for _, j in parts])
+
+    def _shard(self, gen: torch.Generator, rows: int) -> tuple[Tensor, Tensor]:
         if not self.sequences:
-            rows = self._rows(len(self.x), gen)
-            return rows, rows
-        anchors = self.starts[self._rows(len(self.starts), gen)]
-        dt = torch.randint(1, self.max_delta_t + 1, (self.batch_size,), generator=gen)
+            picked = self._rows(len(self.x), rows, gen)
+            return picked, picked
+        anchors = self.starts[self._rows(len(self.starts), rows, gen)]
+        dt = torch.randint(1, self.max_delta_t + 1, (rows,), generator=gen)
         return anchors, torch.minimum(anchors + dt, self.ends[anchors])
 
     def pairs(self, step: int) -> tuple[Tensor, Tensor]:

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from clinvert.data.images import ImageDataset, load_image_dataset
-from clinvert.data.sources import batch_seed
+from clinvert.data.sources import Shards, batch_seed
 from clinvert.latents.distributions import NoiseLaw, truncated_add
 from clinvert.latents.spaces import Box
 from clinvert.metrics import embed_latents
@@ -107,6 +107,7 @@ class PairBatches(Dataset):
         seed: training seed; ``stream``: the random stream of these batches.
         box: (low, high) of the linear factors (the dataset's [-1, 1]).
         backend: nearest-neighbour backend (see :class:`NearestNeighbours`).
+        shards: which shards of each batch this process draws (default: all of a one-shard batch).
 
     An item is a dict with ``x``, ``x_tilde`` (uint8 [B, S, S, 3]), ``z``, ``z_tilde`` (float32
     [B, n], the latents of the returned images) and ``index``, ``index_tilde`` (int64 [B]).
@@ -121,6 +122,7 @@ class PairBatches(Dataset):
         stream: int = 0,
         box: tuple[float, float] = (-1.0, 1.0),
         backend: str = "auto",
+        shards: Shards | None = None,
     ) -> None:
         if len(dataset) < 2:
             raise ValueError(f"a pair needs two distinct images, the dataset has {len(dataset)}")
@@ -129,6 +131,7 @@ class PairBatches(Dataset):
         self.periodic = dataset.periodic_mask()
         self.law = law
         self.batch_size = int(batch_size)
+        self.shards = shards or Shards(1, 0, 1, self.batch_size)
         self.seed, self.stream = int(seed), int(stream)
         self.box = Box(self.latents.shape[1], *box)
         self.nn = NearestNeighbours(embed_latents(self.latents, self.periodic), backend)
@@ -149,9 +152,18 @@ class PairBatches(Dataset):
         return self._images
 
     def sample_latents(self, index: int) -> tuple[Tensor, Tensor]:
-        """Query latents (z, z~) [B, n] of batch ``index``, before snapping."""
-        gen = torch.Generator().manual_seed(batch_seed(self.seed, self.stream, index))
-        z = self.box.uniform(self.batch_size, gen, torch.device("cpu"))
+        """Query latents (z, z~) [B, n] of batch ``index`` (this process's shards of it), before
+        snapping."""
+        parts = [
+            self._sample(torch.Generator().manual_seed(seed), self.shards.size)
+            for seed in self.shards.seeds(self.seed, self.stream, index)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([z for z, _ in parts]), torch.cat([zt for _, zt in parts])
+
+    def _sample(self, gen: torch.Generator, rows: int) -> tuple[Tensor, Tensor]:
+        z = self.box.uniform(rows, gen, torch.device("cpu"))
         if not self.periodic.any():
             return z, truncated_add(z, self.law, self.box, gen)
         # Angle factors: uniform in [-1, 1) in units of pi, noise wrapped around; the linear

@@ -22,6 +22,7 @@ never asks which source it has.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -57,6 +58,66 @@ def batch_seed(seed: int, stream: int, index: int) -> int:
     """A 63-bit seed of batch ``index`` of a random stream: batch k is a function of (seed, k)."""
     state = np.random.SeedSequence([seed, stream, index]).generate_state(2, dtype=np.uint64)
     return int(state[0] >> 1)
+
+
+def shard_seed(seed: int, stream: int, index: int, shard: int, shards: int) -> int:
+    """A 63-bit seed of shard ``shard`` of batch ``index``: a function of (seed, index, shard).
+
+    A batch of one shard keeps :func:`batch_seed` (the batches of single-process runs are those of
+    earlier versions)."""
+    if shards == 1:
+        return batch_seed(seed, stream, index)
+    state = np.random.SeedSequence([seed, stream, index, shard]).generate_state(2, dtype=np.uint64)
+    return int(state[0] >> 1)
+
+
+@dataclass(frozen=True)
+class Shards:
+    """Which shards of every global batch this process draws.
+
+    A global batch of ``train.batch_size`` rows is ``count`` shards of ``size`` rows each, shard j
+    drawn from its own stream (:func:`shard_seed`); of N processes, rank r draws the ``local``
+    shards ``first .. first + local - 1`` (r S/N onwards). One process with ``count`` shards draws
+    them all: exactly the batch that ``count`` processes see together.
+    """
+
+    count: int = 1
+    first: int = 0
+    local: int = 1
+    size: int = 0
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> Shards:
+        """The shards of this process for ``cfg`` (``train.shards``: None means one per process)."""
+        from clinvert.distributed import world
+
+        w = world()
+        batch = cfg.train.batch_size
+        count = cfg.train.shards or w.size
+        if count % w.size:
+            raise ConfigError(
+                f"train.shards: {count} shards cannot be split evenly over {w.size} processes "
+                "(use a multiple of the number of processes)"
+            )
+        if batch % count:
+            raise ConfigError(
+                f"train.batch_size: {batch} rows cannot be split into {count} equal shards "
+                f"(train.shards {count}; use a multiple of it)"
+            )
+        local = count // w.size
+        return cls(count, w.rank * local, local, batch // count)
+
+    @property
+    def rows(self) -> int:
+        """Rows of this process's part of a batch."""
+        return self.local * self.size
+
+    def seeds(self, seed: int, stream: int, index: int) -> list[int]:
+        """Seeds of this process's shards of batch ``index`` of ``stream``."""
+        return [
+            shard_seed(seed, stream, index, j, self.count)
+            for j in range(self.first, self.first + self.local)
+        ]
 
 
 def make_generator(seed: int, device: torch.device | str) -> torch.Generator:

@@ -19,6 +19,7 @@ from clinvert.data.sources import (
     STREAM_TEST,
     STREAM_TRAIN,
     PairSource,
+    Shards,
     check_split,
     derive_seed,
     encode,
@@ -75,6 +76,8 @@ class SyntheticSource(PairSource):
         self.process = build_process(cfg)
         self.mixing = build_mixing(cfg, device)
         self.in_dim = cfg.latent.dim
+        self.shards = Shards.of(cfg)
+        # one shard (a single process): one sequential stream, as in earlier versions
         self.generator = make_generator(derive_seed(cfg.train.seed, STREAM_TRAIN), device)
         self._z = {"eval": self._fresh(STREAM_EVAL), "test": self._fresh(STREAM_TEST)}
         self._next = 0
@@ -94,16 +97,23 @@ class SyntheticSource(PairSource):
             raise RuntimeError(f"synthetic source is at batch {self._next}, asked for {step}")
         self._next += 1
 
+    def _generators(self, step: int) -> list[tuple[torch.Generator, int]]:
+        """(generator, rows) of each shard of batch ``step`` this process draws."""
+        if self.shards.count == 1:
+            return [(self.generator, self.cfg.train.batch_size)]
+        seeds = self.shards.seeds(self.cfg.train.seed, STREAM_TRAIN, step)
+        return [(make_generator(s, self.device), self.shards.size) for s in seeds]
+
     def pairs(self, step: int) -> tuple[Tensor, Tensor]:
         self._advance(step)
-        z, z_tilde = self.process.sample_pairs(
-            self.cfg.train.batch_size, self.generator, self.device
-        )
+        parts = [self.process.sample_pairs(n, g, self.device) for g, n in self._generators(step)]
+        z, z_tilde = (torch.cat(v) if len(v) > 1 else v[0] for v in zip(*parts, strict=True))
         return self.mixing(z), self.mixing(z_tilde)
 
     def labelled(self, step: int) -> tuple[Tensor, Tensor]:
         self._advance(step)
-        z = self.process.sample_marginal(self.cfg.train.batch_size, self.generator, self.device)
+        parts = [self.process.sample_marginal(n, g, self.device) for g, n in self._generators(step)]
+        z = torch.cat(parts) if len(parts) > 1 else parts[0]
         return self.mixing(z), z
 
     def norm_sample(self) -> Tensor:

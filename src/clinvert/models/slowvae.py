@@ -110,12 +110,20 @@ class SlowVAE(nn.Module):
         """The codes: posterior means [B, d]."""
         return self.posterior(x)[0]
 
-    def loss(self, x0: Tensor, x1: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def loss(
+        self,
+        x0: Tensor,
+        x1: Tensor,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+    ) -> Tensor:
         """The negative ELBO of the module docstring, averaged over the batch of pairs; the
-        reparameterisation noise is drawn from ``generator`` (default: torch's global one)."""
+        reparameterisation noise [2B, d] (rows of x0, then of x1) is ``noise`` when given, else
+        drawn from ``generator`` (default: torch's global one)."""
         batch = x0.shape[0]
         mu, logvar = self.posterior(torch.cat([x0, x1]))
-        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        if noise is None:
+            noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + torch.exp(0.5 * logvar) * noise
         logits = self.decoder(z, size=tuple(x0.shape[-2:]))
         target = torch.cat([x0, x1]).clamp(0.0, 1.0)

@@ -21,6 +21,7 @@ from clinvert import metrics
 from clinvert.data.sources import (
     STREAM_TRAIN,
     PairSource,
+    Shards,
     check_split,
     evenly_spaced,
     pixel_grid,
@@ -111,6 +112,7 @@ class ThreeDIdentSource(PairSource):
             cfg.train.seed,
             STREAM_TRAIN,
             box=(cfg.latent.box[0], cfg.latent.box[1]),
+            shards=Shards.of(cfg),
         )
         self.eval_count = min(cfg.eval.samples, len(self.test))
         self.z_test = torch.tensor(self.test.latents[: self.eval_count])  # a copy: aligned
