@@ -207,11 +207,14 @@ class PairBatches(Dataset):
         }
 
 
-def make_pair_loader(pairs: PairBatches, start: int, stop: int, workers: int) -> DataLoader:
+def make_pair_loader(
+    pairs: PairBatches, start: int, stop: int, workers: int, pin_memory: bool = False
+) -> DataLoader:
     """A loader of batches ``start, ..., stop - 1`` of ``pairs`` using ``workers`` processes.
 
     The sequence does not depend on ``workers``: batch k is always the same, which is what makes
-    a resumed run continue exactly.
+    a resumed run continue exactly. ``pin_memory`` (for a CUDA device) puts each batch's bytes in
+    page-locked memory, so that the copy to the device runs asynchronously.
     """
     return DataLoader(
         pairs,
@@ -220,4 +223,5 @@ def make_pair_loader(pairs: PairBatches, start: int, stop: int, workers: int) ->
         num_workers=workers,
         prefetch_factor=2 if workers > 0 else None,
         persistent_workers=False,
+        pin_memory=pin_memory,
     )

@@ -64,7 +64,14 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, n] -> [B, d]."""
-        if self.blockwise and x.device.type == "cpu" and torch.is_grad_enabled():
+        # the blockwise path is float32/64 arithmetic of its own: under autocast (train.precision
+        # bf16) the layer-by-layer stack runs, which autocast casts
+        if (
+            self.blockwise
+            and x.device.type == "cpu"
+            and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+        ):
             linears = [m for m in self.net if isinstance(m, nn.Linear)]
             weights = [m.weight for m in linears]
             if any(w.requires_grad for w in weights) or x.requires_grad:

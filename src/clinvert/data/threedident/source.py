@@ -159,7 +159,11 @@ class ThreeDIdentSource(PairSource):
 
         if self._iter is None:
             loader = make_pair_loader(
-                self.batches, step, max(self.cfg.train.steps, step + 1), self.cfg.data.workers
+                self.batches,
+                step,
+                max(self.cfg.train.steps, step + 1),
+                self.cfg.data.workers,
+                pin_memory=self.device.type == "cuda",
             )
             self._iter, self._next = iter(loader), step
         if step != self._next:
