@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="Run 'clinvert COMMAND --help' for the options of one command.",
     )
+    parser.add_argument(
+        "--version", action="version", version=f"clinvert {_version()}", help="print the version"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -192,9 +195,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML run configuration (default: built-in defaults)")
     p.add_argument("--profile", help="merge this profile of the config (e.g. quick)")
     _add_set(p)
+    _add_configs(sub)
     _add_threedident(sub)
     _add_kitti(sub)
     return parser
+
+
+def _version() -> str:
+    from clinvert.provenance import version
+
+    return version()
+
+
+def _add_configs(sub: argparse._SubParsersAction) -> None:
+    """The ``configs`` command group (``list``, ``show``, ``export``)."""
+    p = sub.add_parser(
+        "configs",
+        help="list, show or copy the configs that ship with clinvert",
+        description=(
+            "The configs that ship inside the package: the paper's tables (synthetic/table1, "
+            "synthetic/table2), fast presets, 3DIdent and KITTI rows. `train` and `config` take "
+            "their names as well as file paths."
+        ),
+        epilog=(
+            "examples:\n"
+            "  clinvert configs list synthetic/table2\n"
+            "  clinvert configs show table1/sphere-uniform-vmf10__sphere-cosine-tau0.1\n"
+            "  clinvert configs export my-configs\n"
+            "  clinvert train table2/box-uniform-laplace0.05__box-l1 --profile quick --out runs/l1\n"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    csub = p.add_subparsers(dest="configs_command", metavar="ACTION", required=True)
+    q = csub.add_parser("list", help="names of the shipped configs")
+    q.add_argument("prefix", nargs="?", default="", help="only names starting with this")
+    q = csub.add_parser("show", help="print one shipped config as it is written")
+    q.add_argument("name", help="its name, or a unique end of it (e.g. table1/ROW)")
+    q = csub.add_parser("export", help="copy the shipped configs into a folder to edit them")
+    q.add_argument("dir", help="destination folder (created; existing files are kept)")
+    q.add_argument("--prefix", default="", help="only names starting with this")
 
 
 def _add_kitti(sub: argparse._SubParsersAction) -> None:
@@ -547,6 +586,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_configs(args: argparse.Namespace) -> int:
+    from clinvert import shipped
+
+    if args.configs_command == "list":
+        names = shipped.list_configs(args.prefix)
+        if not names:
+            raise ConfigError(f"prefix: no shipped config starts with {args.prefix!r}")
+        print("\n".join(names))
+    elif args.configs_command == "show":
+        print(shipped.find_config(args.name).read_text(), end="")
+    else:
+        written = shipped.export_configs(args.dir, args.prefix)
+        print(f"{len(written)} configs written to {args.dir}")
+    return 0
+
+
 def _cmd_threedident(args: argparse.Namespace) -> int:
     if args.threedident_command == "table":
         from clinvert.data.threedident.summary import markdown_table
@@ -601,6 +656,7 @@ COMMANDS = {
     "headline": _cmd_headline,
     "report": _cmd_report,
     "config": _cmd_config,
+    "configs": _cmd_configs,
     "threedident": _cmd_threedident,
     "kitti": _cmd_kitti,
 }

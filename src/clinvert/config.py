@@ -628,7 +628,20 @@ def load_config(
     profile: str | None = None,
 ) -> RunConfig:
     """Load a YAML file (or the defaults when ``path`` is None), select a profile, apply overrides,
-    validate."""
+    validate. ``path`` may also name a shipped config (``table1/ROW``: see
+    :mod:`clinvert.shipped`) when no such file exists."""
+    if path is not None and not Path(path).is_file():
+        from clinvert.shipped import find_config
+
+        try:
+            path = find_config(str(path))
+        except ConfigError as exc:
+            if "several" in str(exc):
+                raise
+            raise ConfigError(
+                f"config: file not found and no shipped config of that name, got {str(path)!r} "
+                "(see `clinvert configs list`)"
+            ) from None
     data = read_yaml(path) if path is not None else {}
     data = select_profile(data, profile)
     return validate_config(apply_overrides(data, overrides or []))

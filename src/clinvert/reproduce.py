@@ -36,11 +36,11 @@ OBJECTIVES = ("contrastive", "supervised")
 
 
 def configs_root() -> Path:
-    """``configs/synthetic`` of the working directory, else of the source checkout."""
-    here = Path.cwd() / "configs" / "synthetic"
-    if here.is_dir():
-        return here
-    return Path(__file__).resolve().parents[2] / "configs" / "synthetic"
+    """The shipped ``configs/synthetic`` (package data; the repository's ``configs/`` links to it),
+    so that tables reproduce from any directory; ``--configs`` points elsewhere."""
+    from clinvert.shipped import config_root
+
+    return config_root() / "synthetic"
 
 
 def table_folder(table: str, root: Path | None = None) -> Path:

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from clinvert.config import ConfigError, load_config
+from clinvert.config import ConfigError, load_config, validate_config
 from clinvert.runtime import available_cores
 
 BACKENDS = ("local", "ray")
@@ -100,6 +100,12 @@ def _is_stale(out: Path, resolved_yaml: str) -> bool:
         return True
     new = yaml.safe_load(resolved_yaml)
     if not isinstance(old, dict):
+        return True
+    # the old file read with today's schema: a field added since, whose default is what runs did
+    # before it existed (train.shards, train.precision, model.memory_format), changes nothing
+    try:
+        old = validate_config(old).to_dict()
+    except ConfigError:
         return True
     return _comparable(old) != _comparable(new)
 
