@@ -62,8 +62,36 @@ def plot_bars(table: str, summary: list[dict]) -> bytes:
         color="#d9534f",
     )
     for i, s in enumerate(summary):
+        # each seed as a dot on its bar (tables written before 0.2 hold no per-seed values)
+        seeds = s.get("values") or []
+        if seeds:
+            jitter = np.linspace(-0.07, 0.07, len(seeds)) if len(seeds) > 1 else np.zeros(1)
+            ax.scatter(
+                x[i] + 0.27 + jitter,
+                seeds,
+                s=9,
+                color="black",
+                zorder=3,
+                label="each seed" if i == 0 else None,
+            )
+        # the claim's threshold on this table's metric, across the row's group of bars
+        for c in s.get("claims", []):
+            if c.get("metric") != metric:
+                continue
+            for key, style in (("at_least", "-"), ("at_most", "--")):
+                if c.get(key) is not None:
+                    ax.hlines(
+                        c[key],
+                        x[i] - 0.42,
+                        x[i] + 0.42,
+                        colors="#2a7d2a",
+                        linestyles=style,
+                        lw=1.2,
+                        zorder=4,
+                    )
         if s["failed"] or s["missing"]:
             ax.annotate("incomplete", (x[i], 0.02), ha="center", fontsize=7, rotation=90)
+    ax.plot([], [], color="#2a7d2a", lw=1.2, label="claim: at least (solid), at most (dashed)")
     ax.set_xticks(x, rows, rotation=35, ha="right", fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(LABEL[metric])
@@ -201,13 +229,16 @@ def _html_table(summary: list[dict], metric: str) -> str:
 
 
 def _first_finished_run(out: Path, summary: list[dict]) -> Path | None:
-    """A finished contrastive run of the best-scoring row (the title names the row)."""
+    """A finished contrastive run of the best-scoring row whose checkpoint is at hand (the title
+    names the row); None when there is none (committed results carry no checkpoints)."""
     ranked = sorted(summary, key=lambda s: -1.0 if s["mean"] is None else s["mean"], reverse=True)
     for s in ranked:
         for seed_dir in sorted((out / "runs" / s["row"]).glob("seed*")):
             run = seed_dir / "contrastive"
             result = run / "result.json"
-            if result.exists() and json.loads(result.read_text()).get("status") == "finished":
+            if not (run / "checkpoint.pt").exists() or not result.exists():
+                continue
+            if json.loads(result.read_text()).get("status") == "finished":
                 return run
     return None
 

@@ -157,6 +157,8 @@ def aggregate(table: str, specs: list[RunSpec], results: dict[RunSpec, dict]) ->
                 "metric": c.metric,
                 "value": means[c.metric],
                 "holds": c.holds(means[c.metric]),
+                "at_least": c.at_least,
+                "at_most": c.at_most,
             }
             for c in cfg.claims
         ]
@@ -169,6 +171,7 @@ def aggregate(table: str, specs: list[RunSpec], results: dict[RunSpec, dict]) ->
                 "mean": mean,
                 "std": std,
                 "seeds": [seed for seed, _ in contrastive],
+                "values": [r["final"][metric] for _, r in contrastive],
                 "identity": ident_mean,
                 "supervised": sup_mean,
                 "supervised_std": sup_std,
