@@ -12,6 +12,7 @@ import argparse
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import NoReturn
 
 from clinvert.config import (
     ConfigError,
@@ -24,14 +25,19 @@ from clinvert.config import (
 )
 
 EPILOG_TRAIN = """\
+CONFIG is a YAML file, or the name of a config that ships with clinvert (`clinvert configs list`;
+a unique end of the name is enough, e.g. table2/box-uniform-laplace0.05__box-l1).
+
 examples:
-  clinvert train configs/synthetic/examples/sphere-uniform-vmf10__sphere-cosine-tau0.1.yaml \\
-      --out runs/sphere
-  clinvert train configs/synthetic/examples/box-uniform-laplace0.1__box-l1.yaml --out runs/box \\
+  clinvert train examples/sphere-uniform-vmf10__sphere-cosine-tau0.1 --out runs/sphere
+  clinvert train examples/box-uniform-laplace0.1__box-l1 --out runs/box \\
       --set train.steps=2000 --set latent.conditional.scale=0.1
   clinvert train --resume runs/box            # continue from runs/box/checkpoint.pt
-  clinvert train configs/synthetic/table2/box-uniform-laplace0.05__box-l1.yaml --profile quick \
+  clinvert train table2/box-uniform-laplace0.05__box-l1 --profile quick \\
       --out runs/l1-quick                      # a table row at its quick (2-core) size
+  clinvert train table2/box-uniform-laplace0.05__box-l1 --profile quick --nproc 2 \\
+      --out runs/l1-2proc                      # two processes, negatives gathered across them
+  clinvert train my-config.yaml --out runs/mine   # your own file (clinvert configs export DIR)
 
 The run directory receives config.yaml (resolved), metrics.jsonl (one line per evaluation),
 result.json (final scores on fresh samples, identity baseline, resolved config, version, commit) and
@@ -50,9 +56,16 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage is one ``--help`` away) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"clinvert: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``clinvert`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="clinvert",
         description=(
             "Contrastive learning inverts the data generating process: sample latents, mix them, "
@@ -106,9 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         "reproduce",
         help="reproduce a table of the paper (rows x seeds, resumable)",
         description=(
-            "Run every row of a table (configs/synthetic/TABLE/*.yaml; configs/kitti/*.yaml for "
-            "kitti) for every seed, with the row's objective (InfoNCE, or SlowVAE) and the "
-            "supervised baseline, as ordinary run directories under "
+            "Run every row of a table (the shipped configs synthetic/TABLE/*.yaml, kitti/*.yaml "
+            "for kitti: `clinvert configs list`) for every seed, with the row's objective "
+            "(InfoNCE, or SlowVAE) and the supervised baseline, as ordinary run directories under "
             "OUT/runs/. Finished runs are skipped and interrupted ones resumed, so running the same "
             "command again continues where it stopped. Writes OUT/TABLE.json and OUT/TABLE.md."
         ),
@@ -145,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--configs",
-        help="folder holding table1/ and table2/ row configs (default: configs/synthetic)",
+        help="folder holding table1/ and table2/ row configs (default: the shipped ones)",
     )
     p.add_argument(
         "--collect",
