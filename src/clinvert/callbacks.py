@@ -30,6 +30,7 @@ class Callback:
     * ``on_eval(trainer, row, scores)``: after each evaluation; ``row`` is the ``metrics.jsonl`` line
       (step, loss, r2, mcc, lr, wall_seconds, ...), ``scores`` the source's full scores (per-factor
       ones included);
+    * ``on_step(trainer)``: after every training step (``trainer.step`` counts it);
     * ``on_checkpoint(trainer)``: when the trainer's state should be saved;
     * ``on_end(trainer, result)``: with the ``result.json`` content, after training ended (finished
       or failed);
@@ -41,6 +42,9 @@ class Callback:
 
     def on_eval(self, trainer: Trainer, row: dict[str, Any], scores: dict[str, Any]) -> None:
         """After an evaluation."""
+
+    def on_step(self, trainer: Trainer) -> None:
+        """After each training step (it runs every step: keep it cheap)."""
 
     def on_checkpoint(self, trainer: Trainer) -> None:
         """When the state should be saved."""

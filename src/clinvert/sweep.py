@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
@@ -20,6 +21,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
+from clinvert.callbacks import Callback
 from clinvert.config import ConfigError, load_config, validate_config
 from clinvert.runtime import available_cores
 
@@ -122,8 +124,25 @@ def current_result(spec: RunSpec) -> dict[str, Any] | None:
     return read_result(out)
 
 
-def execute(spec: RunSpec) -> dict[str, Any]:
-    """Run (or resume, or skip) one spec; returns its result. Safe to call in any process."""
+class StepReporter(Callback):
+    """Publishes a run's step in ``steps[key]`` (a dict, or a multiprocessing manager's dict shared
+    with the sweep's process), at most every ``every`` seconds and at the last step."""
+
+    def __init__(self, steps: Any, key: str, every: float = 1.0) -> None:
+        self.steps, self.key, self.every = steps, key, every
+        self._last = 0.0
+
+    def on_step(self, trainer: Any) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every or trainer.step == trainer.cfg.train.steps:
+            self.steps[self.key] = trainer.step
+            self._last = now
+
+
+def execute(spec: RunSpec, steps: Any = None) -> dict[str, Any]:
+    """Run (or resume, or skip) one spec; returns its result. Safe to call in any process.
+
+    ``steps``: a mapping the run publishes its step in (key: its ``out_dir``), for progress."""
     import torch
 
     from clinvert.runtime import configure_process
@@ -140,7 +159,8 @@ def execute(spec: RunSpec) -> dict[str, Any]:
     if done is not None:
         return done
     resumable = (out / "checkpoint.pt").exists() and (out / "config.yaml").exists()
-    return Trainer(cfg, out, progress=False).run(resume=resumable)
+    callbacks = [StepReporter(steps, spec.out_dir)] if steps is not None else []
+    return Trainer(cfg, out, progress=False, callbacks=callbacks).run(resume=resumable)
 
 
 def expected_cost(spec: RunSpec) -> int:
@@ -150,19 +170,27 @@ def expected_cost(spec: RunSpec) -> int:
     return cfg.train.steps * cfg.train.batch_size * views
 
 
-def _local(specs: list[RunSpec], workers: int, on_done: Callable[[RunSpec, dict], None]) -> None:
+def _local(
+    specs: list[RunSpec],
+    workers: int,
+    on_done: Callable[[RunSpec, dict], None],
+    progress: _Progress | None = None,
+) -> None:
     if workers <= 1:
         for spec in specs:
-            on_done(spec, execute(spec))
+            on_done(spec, execute(spec, progress))  # the run updates the bar itself
         return
     # Longest runs first, so that a long row does not start last and run alone at the end.
     specs = sorted(specs, key=expected_cost, reverse=True)
     # spawn: forking a process that already runs torch's thread pools can deadlock.
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        pending = {pool.submit(execute, spec): spec for spec in specs}
+    with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        shared = manager.dict()  # out_dir -> step, published by the workers every second
+        pending = {pool.submit(execute, spec, shared): spec for spec in specs}
         while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            finished, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            if progress is not None:
+                progress.poll(shared)
             for future in finished:
                 on_done(pending.pop(future), future.result())
 
@@ -214,25 +242,71 @@ def run_specs(
             results[spec] = done
         else:
             todo.append(spec)
-    bar = tqdm(total=len(specs), initial=len(results), disable=not progress, unit="run", desc=desc)
+    progress_bar = _Progress(specs, results, desc, disable=not progress)
 
     def on_done(spec: RunSpec, result: dict[str, Any]) -> None:
         results[spec] = result
-        bar.update(1)
         scores = result.get("final") or {}
-        bar.set_postfix_str(
+        progress_bar.done(
+            spec,
             f"{spec.row} seed{spec.seed} {spec.objective}: "
-            + (f"r2={scores['r2']:.3f} mcc={scores['mcc']:.3f}" if scores else result["status"])
+            + (f"r2={scores['r2']:.3f} mcc={scores['mcc']:.3f}" if scores else result["status"]),
         )
 
     try:
         if backend == "ray":
             _ray(todo, address, on_done)
         else:
-            _local(todo, workers or 1, on_done)
+            _local(todo, workers or 1, on_done, progress_bar)
     finally:
-        bar.close()
+        progress_bar.close()
     return results
+
+
+class _Progress:
+    """A sweep's progress bar in training steps over all its runs (finished runs count whole),
+    with the number of finished runs and the last result beside it."""
+
+    def __init__(
+        self, specs: list[RunSpec], results: dict[RunSpec, Any], desc: str, disable: bool
+    ) -> None:
+        self.total = {s.out_dir: s.resolve().train.steps for s in specs}
+        self.seen = {s.out_dir: self.total[s.out_dir] for s in results}
+        self.runs, self.finished = len(specs), len(results)
+        self.bar = tqdm(
+            total=sum(self.total.values()),
+            initial=sum(self.seen.values()),
+            disable=disable,
+            unit="step",
+            desc=desc,
+            dynamic_ncols=True,
+        )
+        self._postfix = ""
+        self._show()
+
+    def __setitem__(self, key: str, step: int) -> None:
+        """A run reports its step (in this process, or from :meth:`poll`)."""
+        step = min(int(step), self.total.get(key, 0))
+        self.bar.update(max(0, step - self.seen.get(key, 0)))
+        self.seen[key] = max(step, self.seen.get(key, 0))
+
+    def poll(self, shared: Any) -> None:
+        """Take the steps the worker processes published."""
+        for key, step in dict(shared).items():
+            self[key] = step
+
+    def done(self, spec: RunSpec, note: str) -> None:
+        self[spec.out_dir] = self.total[spec.out_dir]
+        self.finished += 1
+        self._postfix = note
+        self._show()
+
+    def _show(self) -> None:
+        runs = f"{self.finished}/{self.runs} runs"
+        self.bar.set_postfix_str(f"{runs}; {self._postfix}" if self._postfix else runs)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def default_workers() -> int:

@@ -348,6 +348,8 @@ class Trainer:
                 self.loss_sum += loss
                 self.loss_count += 1
                 bar.update(1)
+                for cb in self.callbacks:
+                    cb.on_step(self)
                 self.wall_seconds = base_wall + time.perf_counter() - started
                 do_eval = self.step % cfg.eval.every == 0 or self.step == cfg.train.steps
                 do_ckpt = self.step % cfg.train.checkpoint_every == 0
