@@ -5,8 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 PYTHON311 ?= python3.11
 RENDER_STAMP := .venv-render/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: install run test bench lint clean render-env
+.PHONY: install run test bench lint docs clean render-env
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +40,15 @@ $(RENDER_STAMP):
 	fi
 
 render-env: $(RENDER_STAMP) ## create .venv-render with bpy==5.0.1 (Blender Cycles for 3DIdent)
+
+# mkdocs-material + mkdocstrings (the `docs` extra) into .venv, on top of the dev install (which
+# pyproject.toml and constraints.txt already trigger again when they change).
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP) ## build the documentation site into build/site (mkdocs --strict: any warning fails)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

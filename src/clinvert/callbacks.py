@@ -8,7 +8,7 @@ user's own logger (W&B, MLflow, a database) is a subclass with an ``on_eval``::
         def on_eval(self, trainer, row, scores):
             print(row["step"], row["loss"], row["r2"])
 
-    clinvert.train(cfg, "runs/x", callbacks=[PrintLogger()])
+    clinvert.train.train(cfg, "runs/x", callbacks=[PrintLogger()])
 """
 
 from __future__ import annotations

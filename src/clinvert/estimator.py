@@ -106,8 +106,10 @@ class ContrastiveEncoder(TransformerMixin, BaseEstimator):
         encoder: ``"auto"`` (an MLP for [N, d] inputs, a small convolutional encoder for images
             [N, H, W] / [N, C, H, W]), ``"mlp"``, ``"conv"``, ``"resnet18"``, or a registered name.
         widths: hidden widths of the MLP as multiples of the input dimension.
-        steps, batch_size, lr: optimisation (Adam; ``schedule="cosine"`` decays to 0 after
-            ``warmup_steps`` of linear warm-up).
+        steps: optimisation steps (Adam; ``schedule="cosine"`` decays the learning rate to 0
+            after ``warmup_steps`` of linear warm-up).
+        batch_size: positive pairs per step.
+        lr: Adam's learning rate.
         max_delta_t: for ``fit(X)`` on sequences, positives are 1..max_delta_t frames later.
         self_negative: count each anchor among its own negatives (None: yes for ``lp``, as the
             paper's code; no for ``cosine``).
@@ -121,8 +123,8 @@ class ContrastiveEncoder(TransformerMixin, BaseEstimator):
         verbose: show the progress bar.
         callbacks: :class:`clinvert.Callback` objects called during ``fit`` (loggers).
 
-    Attributes (after ``fit``):
-        model_: the trained ``torch.nn.Module`` (input norm, encoder, head).
+    Attributes:
+        model_: (after ``fit``) the trained ``torch.nn.Module`` (input norm, encoder, head).
         config_: the resolved run configuration (:class:`clinvert.config.RunConfig`).
         input_shape_: shape of one observation.
         history_: the evaluation rows of training (step, loss, and r2 / mcc when ``Z`` was given).
