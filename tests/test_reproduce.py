@@ -209,7 +209,7 @@ def test_reproduce_rejects_unknown_rows_before_running(configs: Path, tmp_path: 
         build_specs("table2", tmp_path, quick=True, seeds=1, rows=["nope"], root=configs)
     with pytest.raises(ConfigError, match="--seeds"):
         build_specs("table2", tmp_path, quick=True, seeds=0, root=configs)
-    with pytest.raises(ConfigError, match="--ceiling-seeds: must be in 1..--seeds"):
+    with pytest.raises(ConfigError, match="--ceiling-seeds: must be in 0..--seeds"):
         build_specs("table2", tmp_path, quick=True, seeds=2, ceiling_seeds=3, root=configs)
 
 
@@ -244,12 +244,25 @@ def test_headline_runs_its_rows_and_writes_the_report(
 ) -> None:
     import clinvert.reproduce as reproduce
 
-    monkeypatch.setattr(reproduce, "HEADLINE", {"table2": ["a-laplace__box-l1"]})
+    # row a has a headline profile (6 steps), row b only its quick one (12 steps)
+    row_a = configs / "table2" / "a-laplace__box-l1.yaml"
+    data = yaml.safe_load(row_a.read_text())
+    data["profiles"]["headline"] = yaml.safe_load(yaml.safe_dump(data["profiles"]["quick"]))
+    data["profiles"]["headline"]["train"]["steps"] = 6
+    row_a.write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(
+        reproduce, "HEADLINE", {"table2": ["a-laplace__box-l1", "b-normal__box-l2"]}
+    )
     monkeypatch.setattr(reproduce, "configs_root", lambda: configs)
     out = tmp_path / "headline"
     assert main(["headline", "--seeds", "1", "--out", str(out), "--workers", "1", "--quiet"]) == 0
     summary = json.loads((out / "table2.json").read_text())
-    assert [s["row"] for s in summary] == ["a-laplace__box-l1"] and summary[0]["seeds"] == [0]
+    assert [s["row"] for s in summary] == ["a-laplace__box-l1", "b-normal__box-l2"]
+    assert [s["steps"] for s in summary] == [6, 12] and summary[0]["seeds"] == [0]
+    # no supervised ceiling by default, and the table says so
+    assert all(s["supervised"] is None and not s["missing"] for s in summary)
+    assert "supervised ceiling was not run" in (out / "table2.md").read_text()
+    assert not (out / "runs" / "a-laplace__box-l1" / "seed0" / "supervised").exists()
     assert (out / "report.html").exists()
 
 
