@@ -28,7 +28,7 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("wheel")
     wheels = base / "dist"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
          "-w", str(wheels), "-q"],
         capture_output=True, text=True, timeout=300, cwd=base,
     )  # fmt: skip
