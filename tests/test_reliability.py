@@ -173,8 +173,16 @@ def test_failed_and_missing_runs_are_reported_not_averaged(tmp_path: Path) -> No
     text = render_markdown("table2", [row], "cmd", quick=False)
     assert "FAILED runs: contrastive seed1" in text and "missing runs: contrastive seed2" in text
     assert row["claims"] == [
-        {"claim": "MCC ≥ 0.95", "metric": "mcc", "value": pytest.approx(0.9), "holds": False}
+        {
+            "claim": "MCC ≥ 0.95",
+            "metric": "mcc",
+            "value": pytest.approx(0.9),
+            "holds": False,
+            "at_least": 0.95,
+            "at_most": None,
+        }
     ]
+    assert row["values"] == [pytest.approx(0.9)]  # the finished seeds' scores, for the dots
     assert "MCC ≥ 0.95 ✗ short" in text and "MCC ≥ 0.95, measured 0.900" in text
 
 
