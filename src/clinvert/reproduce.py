@@ -348,9 +348,22 @@ def reproduce(
             progress=progress,
             desc=f"{table} ({len(specs)} runs)",
         )
+    return write_table(table, out, specs, results, command, quick)
+
+
+def write_table(
+    table: str,
+    out: Path,
+    specs: list[RunSpec],
+    results: dict[RunSpec, dict],
+    command: str,
+    quick: bool,
+    profile: str | None = None,
+) -> list[dict]:
+    """Aggregate a table's runs and write ``OUT/<table>.json`` and ``OUT/<table>.md``."""
     summary = aggregate(table, specs, results)
     write_json(out / f"{table}.json", summary)
-    write_text(out / f"{table}.md", render_markdown(table, summary, command, quick))
+    write_text(out / f"{table}.md", render_markdown(table, summary, command, quick, profile))
     return summary
 
 
@@ -402,13 +415,7 @@ def headline(
     results = run_specs(
         every, workers=workers, progress=progress, desc=f"headline ({len(every)} runs)"
     )
-    summaries = {}
-    for table, table_specs in specs.items():
-        summary = aggregate(table, table_specs, results)
-        write_json(out / f"{table}.json", summary)
-        write_text(
-            out / f"{table}.md",
-            render_markdown(table, summary, command, True, profile=HEADLINE_PROFILE),
-        )
-        summaries[table] = summary
-    return summaries
+    return {
+        table: write_table(table, out, table_specs, results, command, True, HEADLINE_PROFILE)
+        for table, table_specs in specs.items()
+    }
