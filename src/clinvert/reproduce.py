@@ -159,6 +159,7 @@ def aggregate(table: str, specs: list[RunSpec], results: dict[RunSpec, dict]) ->
             for o, v in by_obj.items()
         }
         contrastive = finished["contrastive"]
+        own = cfg.train.objective if cfg.train.objective != "supervised" else "contrastive"
         mean, std = _stats([r["final"][metric] for _, r in contrastive])
         other_mean, other_std = _stats([r["final"][other] for _, r in contrastive])
         means = {metric: mean, other: other_mean}
@@ -193,7 +194,12 @@ def aggregate(table: str, specs: list[RunSpec], results: dict[RunSpec, dict]) ->
                     for seed, r in v
                     if r and r.get("status") != "finished"
                 ],
-                "missing": [f"{o} seed{seed}" for o, v in by_obj.items() for seed, r in v if not r],
+                "missing": [
+                    f"{own if o == 'contrastive' else o} seed{seed}"
+                    for o, v in by_obj.items()
+                    for seed, r in v
+                    if not r
+                ],
                 "process": _process_label(cfg),
                 "model": describe_model(cfg),
                 "matched": cfg.matched,
@@ -243,6 +249,8 @@ def render_markdown(
     metric = TABLES[table]
     name = {"r2": "R²", "mcc": "MCC"}[metric]
     other = {"r2": "R²", "mcc": "MCC"}[summary[0]["other"]["metric"]] if summary else ""
+    # a table of data files may hold SlowVAE rows: its columns are each row's own method
+    method = "row's method:" if table in DATA_TABLES else "contrastive"
     scale = (
         f"{profile} profile" if profile else "quick profile" if quick else "paper-scale settings"
     )
@@ -253,8 +261,8 @@ def render_markdown(
         f"Machine: {machine_line()}  ",
         f"Date: {dt.date.today().isoformat()}",
         "",
-        f"| generative process | model | matched? | identity | supervised | contrastive {name} "
-        f"| contrastive {other} | seeds | steps × batch | claim |",
+        f"| generative process | model | matched? | identity | supervised | {method} {name} "
+        f"| {method} {other} | seeds | steps × batch | claim |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes, short = [], []
