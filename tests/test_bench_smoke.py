@@ -25,3 +25,10 @@ def test_image_step_benchmark_smoke(encoder, capsys, tmp_path: Path) -> None:
     text = capsys.readouterr().out
     assert "images/s" in text and "clinvert by phase: load" in text
     assert out.is_file()
+
+
+def test_distributed_benchmark_smoke(capsys) -> None:
+    bench = _module("bench_distributed")
+    assert bench.main(["--smoke"]) == 0
+    text = capsys.readouterr().out
+    assert "two ranks / one process" in text and "backward" in text
