@@ -18,10 +18,14 @@ the benchmark says how much here. ``--smoke`` runs a few tiny steps (the test su
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -75,10 +79,6 @@ def measure(
         dist.destroy_process_group()
 
 
-def _rank(rank: int, port: int, config: str, profile: str, steps: int, shared: dict) -> None:
-    measure(rank, 2, port, config, profile, steps, shared)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -86,18 +86,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--smoke", action="store_true", help="a few steps of a small batch")
+    # one rank of the two-rank side (this script started again by itself)
+    parser.add_argument("--rank", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     steps = 3 if args.smoke else args.steps
-    import torch.multiprocessing as mp
-
+    if args.rank is not None:
+        out: dict = {}
+        measure(args.rank, 2, args.port, args.config, args.profile, steps, out)
+        if args.rank == 0:
+            Path(args.result).write_text(json.dumps(out))
+        return 0
     from clinvert.distributed import free_port
 
     one: dict = {}
     measure(0, 1, 0, args.config, args.profile, steps, one)
-    with mp.Manager() as manager:
-        shared = manager.dict()
-        mp.spawn(_rank, args=(free_port(), args.config, args.profile, steps, shared), nprocs=2)
-        two = dict(shared)
+    with tempfile.TemporaryDirectory() as tmp:
+        result, port = Path(tmp) / "two.json", free_port()
+        common = ["--config", args.config, "--profile", args.profile, "--steps", str(steps)]
+        common += ["--port", str(port), "--result", str(result)]
+        procs = [
+            subprocess.Popen([sys.executable, __file__, *common, "--rank", str(r)])
+            for r in range(2)
+        ]
+        if any(p.wait() != 0 for p in procs):
+            print("bench_distributed: error: a rank failed (see above)")
+            return 1
+        two = json.loads(result.read_text())
     print(f"{args.config} ({args.profile}), global batch from train.batch_size, one thread each")
     print(f"{'phase':12s}{'one process ms':>16s}{'two ranks ms':>14s}")
     for phase in PHASES:
