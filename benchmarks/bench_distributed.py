@@ -44,7 +44,15 @@ def measure(
         WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank),
     )
+    previous = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        _measure(rank, world, config, profile, steps, out)
+    finally:
+        torch.set_num_threads(previous)  # the caller's process (a test session) keeps its threads
+
+
+def _measure(rank: int, world: int, config: str, profile: str, steps: int, out: dict) -> None:
     if world > 1:
         dist.init_process_group("gloo")
     from clinvert import distributed

@@ -28,7 +28,11 @@ def test_image_step_benchmark_smoke(encoder, capsys, tmp_path: Path) -> None:
 
 
 def test_distributed_benchmark_smoke(capsys) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
     bench = _module("bench_distributed")
     assert bench.main(["--smoke"]) == 0
+    assert torch.get_num_threads() == threads  # later tests (golden runs) keep their thread count
     text = capsys.readouterr().out
     assert "two ranks / one process" in text and "backward" in text
