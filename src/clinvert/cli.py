@@ -475,6 +475,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _check_before_launch(args: argparse.Namespace) -> None:
     """What every rank would refuse (the rules of :class:`clinvert.data.sources.Shards`),
     checked once before the ranks start."""
+    from clinvert.data.sources import Shards
     from clinvert.rundir import check_run_dir
 
     if args.resume:
@@ -489,17 +490,7 @@ def _check_before_launch(args: argparse.Namespace) -> None:
         check_run_dir(Path(args.out), args.force)
         check_data_dirs(cfg)
         shards = cfg.train.shards or args.nproc
-    if shards % args.nproc:
-        raise ConfigError(
-            f"train.shards: {shards} shards cannot be split evenly over --nproc {args.nproc} "
-            "processes (a run resumes with the number of processes it started with, or a divisor "
-            "of its shards)"
-        )
-    if cfg.train.batch_size % shards:
-        raise ConfigError(
-            f"train.batch_size: {cfg.train.batch_size} rows cannot be split into {shards} equal "
-            "shards (use a multiple of the number of processes)"
-        )
+    Shards.split(cfg.train.batch_size, shards, args.nproc)
 
 
 def _train_here(args: argparse.Namespace) -> int:

@@ -173,9 +173,10 @@ class TrainConfig(_Section):
     objective: Literal["contrastive", "supervised", "slowvae"] = "contrastive"
     slowvae: SlowVAEConfig = SlowVAEConfig()
     #: Shards of every global batch, each drawn from its own stream of (seed, step, shard)
-    #: (:class:`clinvert.data.sources.Shards`). None: one per process (1 in a single process:
-    #: the batches of earlier versions). A distributed run records its value in config.yaml;
-    #: one process with ``shards: N`` draws exactly the batches of an N-process run.
+    #: (:class:`clinvert.data.sources.Shards`). None: one per process, set when a run starts
+    #: (so 1 in a single process: the batches of earlier versions); a distributed run records
+    #: its value in config.yaml, and one process with ``shards: N`` draws exactly the batches
+    #: of an N-process run.
     shards: Annotated[int, Field(ge=1, le=65536)] | None = None
     #: Arithmetic of the encoder's forward and backward: ``fp32``; ``tf32`` (CUDA matmuls and
     #: convolutions in TensorFloat-32); ``bf16`` (autocast to bfloat16 where torch deems it safe;
@@ -630,18 +631,10 @@ def load_config(
     """Load a YAML file (or the defaults when ``path`` is None), select a profile, apply overrides,
     validate. ``path`` may also name a shipped config (``table1/ROW``: see
     :mod:`clinvert.shipped`) when no such file exists."""
-    if path is not None and not Path(path).is_file():
-        from clinvert.shipped import find_config
+    if path is not None:
+        from clinvert.shipped import resolve_config_path
 
-        try:
-            path = find_config(str(path))
-        except ConfigError as exc:
-            if "several" in str(exc):
-                raise
-            raise ConfigError(
-                f"config: file not found and no shipped config of that name, got {str(path)!r} "
-                "(see `clinvert configs list`)"
-            ) from None
+        path = resolve_config_path(str(path))
     data = read_yaml(path) if path is not None else {}
     data = select_profile(data, profile)
     return validate_config(apply_overrides(data, overrides or []))

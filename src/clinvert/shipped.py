@@ -48,7 +48,7 @@ def find_config(name: str) -> Path:
     if tails:
         raise ConfigError(f"config: {name!r} names several shipped configs: {', '.join(tails)}")
     raise ConfigError(
-        f"config: no file and no shipped config named {name!r} (see `clinvert configs list`)"
+        f"config: file not found and no shipped config named {name!r} (see `clinvert configs list`)"
     )
 
 

@@ -207,12 +207,8 @@ class Trainer:
             return self.exp.model.loss(x, x_positive, generator=gen)
         # one noise stream per shard, as for the pairs: [2 rows, d] per shard, anchors' rows first
         size, width = self.shards.size, self.exp.model.latent_dim
-        parts = [
-            torch.randn(
-                (2 * size, width), generator=make_generator(s, self.device), device=self.device
-            )
-            for s in self.shards.seeds(self.cfg.train.seed, STREAM_NOISE, self.step)
-        ]
+        gens = self.shards.generators(self.cfg.train.seed, STREAM_NOISE, self.step, self.device)
+        parts = [torch.randn((2 * size, width), generator=g, device=self.device) for g in gens]
         noise = torch.cat([n[:size] for n in parts] + [n[size:] for n in parts])
         return self.exp.model.loss(x, x_positive, noise=noise.to(x.dtype))
 

@@ -39,6 +39,7 @@ from clinvert.data.sources import (
     STREAM_TRAIN,
     PairSource,
     Shards,
+    cat_shards,
     check_split,
     encode,
     evenly_spaced,
@@ -308,13 +309,8 @@ class ArraysSource(PairSource):
     def indices(self, step: int) -> tuple[Tensor, Tensor]:
         """Row indices (anchors, positives) of this process's part of batch ``step`` (all of it
         in a single process), [B] each (CPU): its shards, each from its own stream."""
-        parts = [
-            self._shard(torch.Generator().manual_seed(seed), self.shards.size)
-            for seed in self.shards.seeds(self.cfg.train.seed, STREAM_TRAIN, step)
-        ]
-        if len(parts) == 1:
-            return parts[0]
-        return torch.cat([i for i, _ in parts]), torch.cat([j for _, j in parts])
+        gens = self.shards.generators(self.cfg.train.seed, STREAM_TRAIN, step)
+        return cat_shards([self._shard(gen, self.shards.size) for gen in gens])
 
     def _shard(self, gen: torch.Generator, rows: int) -> tuple[Tensor, Tensor]:
         if not self.sequences:

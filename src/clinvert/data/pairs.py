@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from clinvert.data.images import ImageDataset, load_image_dataset
-from clinvert.data.sources import Shards, batch_seed
+from clinvert.data.sources import Shards, batch_seed, cat_shards
 from clinvert.latents.distributions import NoiseLaw, truncated_add
 from clinvert.latents.spaces import Box
 from clinvert.metrics import embed_latents
@@ -154,13 +154,8 @@ class PairBatches(Dataset):
     def sample_latents(self, index: int) -> tuple[Tensor, Tensor]:
         """Query latents (z, z~) [B, n] of batch ``index`` (this process's shards of it), before
         snapping."""
-        parts = [
-            self._sample(torch.Generator().manual_seed(seed), self.shards.size)
-            for seed in self.shards.seeds(self.seed, self.stream, index)
-        ]
-        if len(parts) == 1:
-            return parts[0]
-        return torch.cat([z for z, _ in parts]), torch.cat([zt for _, zt in parts])
+        gens = self.shards.generators(self.seed, self.stream, index)
+        return cat_shards([self._sample(gen, self.shards.size) for gen in gens])
 
     def _sample(self, gen: torch.Generator, rows: int) -> tuple[Tensor, Tensor]:
         z = self.box.uniform(rows, gen, torch.device("cpu"))

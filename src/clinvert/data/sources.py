@@ -88,24 +88,32 @@ class Shards:
 
     @classmethod
     def of(cls, cfg: RunConfig) -> Shards:
-        """The shards of this process for ``cfg`` (``train.shards``: None means one per process)."""
+        """The shards of this process for ``cfg``. ``train.shards`` None is one shard: a fresh
+        distributed run sets it to the number of processes when it starts
+        (:func:`clinvert.train.with_shards`), so None is left only by single-process runs."""
         from clinvert.distributed import world
 
         w = world()
-        batch = cfg.train.batch_size
-        count = cfg.train.shards or w.size
-        if count % w.size:
+        return cls.split(cfg.train.batch_size, cfg.train.shards or 1, w.size, w.rank)
+
+    @classmethod
+    def split(cls, batch: int, count: int, processes: int, rank: int = 0) -> Shards:
+        """Rank ``rank``'s shards of a batch of ``batch`` rows in ``count`` shards over
+        ``processes`` processes; a one-line ConfigError when they do not divide evenly."""
+        if count % processes:
             raise ConfigError(
-                f"train.shards: {count} shards cannot be split evenly over {w.size} processes "
-                "(use a multiple of the number of processes)"
+                f"train.shards: {count} shards cannot be split evenly over {processes} processes "
+                "(use a multiple of the number of processes; a run resumes with the number of "
+                "processes it started with, or a divisor of its shards)"
             )
         if batch % count:
+            hint = "the number of processes" if count == processes else f"train.shards ({count})"
             raise ConfigError(
                 f"train.batch_size: {batch} rows cannot be split into {count} equal shards "
-                f"(train.shards {count}; use a multiple of it)"
+                f"(use a multiple of {hint})"
             )
-        local = count // w.size
-        return cls(count, w.rank * local, local, batch // count)
+        local = count // processes
+        return cls(count, rank * local, local, batch // count)
 
     @property
     def rows(self) -> int:
@@ -118,6 +126,22 @@ class Shards:
             shard_seed(seed, stream, index, j, self.count)
             for j in range(self.first, self.first + self.local)
         ]
+
+    def generators(
+        self, seed: int, stream: int, index: int, device: torch.device | str = "cpu"
+    ) -> list[torch.Generator]:
+        """One generator per shard of this process's part of batch ``index`` of ``stream``."""
+        return [make_generator(s, device) for s in self.seeds(seed, stream, index)]
+
+
+def cat_shards(parts: list[Any]) -> Any:
+    """This process's part of a batch from its shards' parts, in shard order: tensors are
+    concatenated, tuples of tensors element by element (one shard: its part as it is)."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+    return torch.cat(parts)
 
 
 def make_generator(seed: int, device: torch.device | str) -> torch.Generator:

@@ -20,6 +20,7 @@ from clinvert.data.sources import (
     STREAM_TRAIN,
     PairSource,
     Shards,
+    cat_shards,
     check_split,
     derive_seed,
     encode,
@@ -97,23 +98,25 @@ class SyntheticSource(PairSource):
             raise RuntimeError(f"synthetic source is at batch {self._next}, asked for {step}")
         self._next += 1
 
-    def _generators(self, step: int) -> list[tuple[torch.Generator, int]]:
-        """(generator, rows) of each shard of batch ``step`` this process draws."""
+    def _generators(self, step: int) -> list[torch.Generator]:
+        """The generator of each shard of batch ``step`` this process draws."""
         if self.shards.count == 1:
-            return [(self.generator, self.cfg.train.batch_size)]
-        seeds = self.shards.seeds(self.cfg.train.seed, STREAM_TRAIN, step)
-        return [(make_generator(s, self.device), self.shards.size) for s in seeds]
+            return [self.generator]
+        return self.shards.generators(self.cfg.train.seed, STREAM_TRAIN, step, self.device)
 
     def pairs(self, step: int) -> tuple[Tensor, Tensor]:
         self._advance(step)
-        parts = [self.process.sample_pairs(n, g, self.device) for g, n in self._generators(step)]
-        z, z_tilde = (torch.cat(v) if len(v) > 1 else v[0] for v in zip(*parts, strict=True))
+        n = self.shards.size
+        parts = [self.process.sample_pairs(n, g, self.device) for g in self._generators(step)]
+        z, z_tilde = cat_shards(parts)
         return self.mixing(z), self.mixing(z_tilde)
 
     def labelled(self, step: int) -> tuple[Tensor, Tensor]:
         self._advance(step)
-        parts = [self.process.sample_marginal(n, g, self.device) for g, n in self._generators(step)]
-        z = torch.cat(parts) if len(parts) > 1 else parts[0]
+        n = self.shards.size
+        z = cat_shards(
+            [self.process.sample_marginal(n, g, self.device) for g in self._generators(step)]
+        )
         return self.mixing(z), z
 
     def norm_sample(self) -> Tensor:
