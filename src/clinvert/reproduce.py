@@ -107,8 +107,7 @@ def build_specs(
         # a row without the profile asked for runs its quick profile (a headline of user rows)
         profile = wanted if wanted in _profiles(path) or not quick else "quick"
         # the row's own method (InfoNCE, or SlowVAE for a slowvae row) and the supervised ceiling
-        own = load_config(str(path), list(extra), profile).train.objective
-        own = "contrastive" if own == "supervised" else own
+        own = own_method(load_config(str(path), list(extra), profile))
         for seed in range(seeds):
             for objective in (own, "supervised") if seed < ceiling_seeds else (own,):
                 spec = RunSpec(
@@ -124,6 +123,12 @@ def build_specs(
                 spec.resolve()  # fail now, with the field named, not hours into the sweep
                 specs.append(spec)
     return specs
+
+
+def own_method(cfg: Any) -> str:
+    """A row's own objective: its ``train.objective`` (InfoNCE, or SlowVAE on a slowvae row), and
+    InfoNCE for a row whose config says ``supervised`` (the ceiling runs beside it anyway)."""
+    return "contrastive" if cfg.train.objective == "supervised" else cfg.train.objective
 
 
 def _profiles(path: Path) -> set[str]:
@@ -159,7 +164,7 @@ def aggregate(table: str, specs: list[RunSpec], results: dict[RunSpec, dict]) ->
             for o, v in by_obj.items()
         }
         contrastive = finished["contrastive"]
-        own = cfg.train.objective if cfg.train.objective != "supervised" else "contrastive"
+        own = own_method(cfg)
         mean, std = _stats([r["final"][metric] for _, r in contrastive])
         other_mean, other_std = _stats([r["final"][other] for _, r in contrastive])
         means = {metric: mean, other: other_mean}
