@@ -106,16 +106,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.rank == 0:
             Path(args.result).write_text(json.dumps(out))
         return 0
-    from clinvert.distributed import free_port
+    from clinvert.distributed import AGENT_STORE_ENV, host_store
 
     one: dict = {}
     measure(0, 1, 0, args.config, args.profile, steps, one)
     with tempfile.TemporaryDirectory() as tmp:
-        result, port = Path(tmp) / "two.json", free_port()
+        # the ranks' store is served from here, as `clinvert train --nproc` does
+        result, store = Path(tmp) / "two.json", host_store(2)
         common = ["--config", args.config, "--profile", args.profile, "--steps", str(steps)]
-        common += ["--port", str(port), "--result", str(result)]
+        common += ["--port", str(store.port), "--result", str(result)]
+        env = {**os.environ, AGENT_STORE_ENV: "True"}
         procs = [
-            subprocess.Popen([sys.executable, __file__, *common, "--rank", str(r)])
+            subprocess.Popen([sys.executable, __file__, *common, "--rank", str(r)], env=env)
             for r in range(2)
         ]
         if any(p.wait() != 0 for p in procs):

@@ -28,6 +28,7 @@ from clinvert.rundir import load_checkpoint
 
 #: (similarity, p, tau): the bounded dot path (cosine, tau 0.5), the row-maximum dot path (cosine
 #: at a small tau), L2 (dot with a bias), L1 and L3 (fused kernels), L1.5 (blockwise torch).
+MODES = ("rows", "replicated")  # train.distributed_loss
 CASES = [
     ("cosine", 2.0, 0.5),
     ("cosine", 2.0, 0.01),
@@ -91,31 +92,31 @@ def test_offsets_outside_the_columns_are_refused() -> None:
 
 # ----- two gloo processes ------------------------------------------------------------------------
 def _gloo_worker(rank: int, init: str, out: str) -> None:
-    """One rank: gathered InfoNCE on its rows, gradients summed over ranks as DDP averages them."""
+    """One rank: gathered InfoNCE (its rows, or the whole batch replicated), gradients summed over
+    ranks as DDP averages them."""
     torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     results = []
-    for similarity, p, tau in CASES:
-        for self_negative in (False, True):
-            a, b = _global_batch(2)
-            a, b = a.requires_grad_(), b.requires_grad_()
-            rows = a.shape[0] // 2
-            own = slice(rank * rows, (rank + 1) * rows)
-            a_local, b_local = a[own], b[own]
-            loss = info_nce(
-                a_local,
-                distributed.gather(b_local),
-                similarity=similarity,
-                p=p,
-                tau=tau,
-                self_negative=self_negative,
-                offset=rank * rows,
-            )
-            loss.backward()
-            # what DDP does with the parameters' gradients: the mean over the ranks
-            grads = torch.cat([a.grad[own], b.grad[own]])
-            total = loss.detach().clone()
-            torch.distributed.all_reduce(total)
-            results.append({"loss": float(total) / 2, "grads": grads.tolist()})
+    for mode in MODES:
+        for similarity, p, tau in CASES:
+            for self_negative in (False, True):
+                a, b = _global_batch(2)
+                a, b = a.requires_grad_(), b.requires_grad_()
+                rows = a.shape[0] // 2
+                own = slice(rank * rows, (rank + 1) * rows)
+                a_local, b_local = a[own], b[own]
+                kw = {"similarity": similarity, "p": p, "tau": tau, "self_negative": self_negative}
+                if mode == "rows":
+                    loss = info_nce(a_local, distributed.gather(b_local), offset=rank * rows, **kw)
+                else:
+                    both = distributed.gather_replicated(torch.cat([a_local, b_local]))
+                    both = both.unflatten(0, (2, 2, rows))
+                    loss = info_nce(both[:, 0].flatten(0, 1), both[:, 1].flatten(0, 1), **kw)
+                loss.backward()
+                # what DDP does with the parameters' gradients: the mean over the ranks
+                grads = torch.cat([a.grad[own], b.grad[own]])
+                total = loss.detach().clone()
+                torch.distributed.all_reduce(total)
+                results.append({"loss": float(total) / 2, "grads": grads.tolist()})
     Path(out, f"rank{rank}.json").write_text(json.dumps(results))
     torch.distributed.destroy_process_group()
 
@@ -127,30 +128,30 @@ def test_gathered_loss_and_gradients_equal_the_single_process_ones(tmp_path: Pat
     mp.spawn(_gloo_worker, args=(init, str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     i = 0
-    for similarity, p, tau in CASES:
-        for self_negative in (False, True):
-            a, b = _global_batch(2)
-            a, b = a.requires_grad_(), b.requires_grad_()
-            kw = {"similarity": similarity, "p": p, "tau": tau, "self_negative": self_negative}
-            loss = info_nce(a, b, **kw)
-            loss.backward()
-            for r in range(2):
-                got = ranks[r][i]
-                assert got["loss"] == pytest.approx(float(loss.detach()), rel=1e-10), (
-                    similarity,
-                    p,
-                    r,
-                )
-                # L = (L_0 + L_1) / 2 for the ranks' row means L_r. Rank r's anchors enter L_r
-                # only, and its positives' gradient sums both ranks' (the gather's backward):
-                # either way rank r holds 2 dL/d(its rows), and DDP's mean over the 2 ranks of
-                # the parameters' gradients that follow from them is dL/d(parameters).
-                rows = a.shape[0] // 2
-                own = slice(r * rows, (r + 1) * rows)
-                want = 2 * torch.cat([a.grad[own], b.grad[own]])
-                grads = torch.tensor(got["grads"], dtype=torch.float64)
-                torch.testing.assert_close(grads, want, rtol=1e-10, atol=1e-12)
-            i += 1
+    for mode in MODES:
+        for similarity, p, tau in CASES:
+            for self_negative in (False, True):
+                a, b = _global_batch(2)
+                a, b = a.requires_grad_(), b.requires_grad_()
+                kw = {"similarity": similarity, "p": p, "tau": tau, "self_negative": self_negative}
+                loss = info_nce(a, b, **kw)
+                loss.backward()
+                for r in range(2):
+                    got = ranks[r][i]
+                    what = (mode, similarity, p, self_negative, r)
+                    # rows: the mean of the ranks' row means; replicated: each rank the loss
+                    assert got["loss"] == pytest.approx(float(loss.detach()), rel=1e-10), what
+                    # rows: L = (L_0 + L_1) / 2 for the ranks' row means L_r. Rank r's anchors
+                    # enter L_r only, and its positives' gradient sums both ranks' (the gather's
+                    # backward). Replicated: each rank holds dL/d(everything) and keeps its own
+                    # rows, times 2. Either way rank r holds 2 dL/d(its rows), and DDP's mean
+                    # over the 2 ranks of the parameters' gradients is dL/d(parameters).
+                    rows = a.shape[0] // 2
+                    own = slice(r * rows, (r + 1) * rows)
+                    want = 2 * torch.cat([a.grad[own], b.grad[own]])
+                    grads = torch.tensor(got["grads"], dtype=torch.float64)
+                    torch.testing.assert_close(grads, want, rtol=1e-10, atol=1e-12, msg=str(what))
+                i += 1
 
 
 # ----- shards: one process draws the batch of N ---------------------------------------------------
@@ -303,6 +304,12 @@ def test_two_processes_train_as_one_process_with_the_same_global_batch(
     _same_run(two, one, rel=1e-5)
     # evaluated once: one metrics row per evaluation, one result
     assert [r["step"] for r in _rows(two)] == [0, 4, 8, 12]
+    # the other way of splitting the loss trains the same run
+    rows = tmp_path / "rows"
+    args = ("--out", str(rows), "--nproc", "2", "--set", "train.distributed_loss=rows", "--quiet")
+    done = _clinvert("train", str(cfg), *args)
+    assert done.returncode == 0, done.stderr
+    _same_run(rows, one, rel=1e-5)
 
 
 def test_a_killed_rank_stops_the_run_in_one_line_and_it_resumes_exactly(

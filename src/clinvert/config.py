@@ -182,6 +182,12 @@ class TrainConfig(_Section):
     #: convolutions in TensorFloat-32); ``bf16`` (autocast to bfloat16 where torch deems it safe;
     #: the loss's similarities and log-sum-exp stay in float32).
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    #: How a distributed run computes InfoNCE over the global batch (both equal the single-process
+    #: loss): ``replicated``, every rank the whole batch's loss from the gathered embeddings (one
+    #: all-gather per step, no collective in the backward; the B x B loss on every rank), or
+    #: ``rows``, each rank its own anchors' rows against all positives (B x B / N per rank, and an
+    #: all-reduce of the positives' gradients in the backward). No effect in one process.
+    distributed_loss: Literal["replicated", "rows"] = "replicated"
 
 
 class EvalConfig(_Section):

@@ -56,6 +56,8 @@ BAD_LOSS, BAD_GRAD = 1, 2
 #: On an accelerator, the finiteness flags are read every this many steps (and before every
 #: evaluation and checkpoint), so the device is not waited for at every step.
 GUARD_EVERY = 50
+#: DistributedDataParallel's gradient bucket size (MiB); see :meth:`Trainer._distribute`.
+DDP_BUCKET_MB = 25
 
 
 class RunFailed(RuntimeError):
@@ -121,6 +123,11 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.objective: torch.nn.Module = Objective(self)
+        #: every rank's loss is the whole batch's (replicated InfoNCE): nothing to average, and
+        #: a non-finite loss is seen by every rank at once
+        self._global_loss = (
+            cfg.train.objective == "contrastive" and cfg.train.distributed_loss == "replicated"
+        )
         self._fault = bool(os.environ.get(distributed.FAULT_ENV))
         self.optimizer = make_optimizer(cfg, self.exp.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -149,7 +156,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # in a distributed run, DDP averages the gradients over the ranks here
         loss_bad = ~torch.isfinite(loss.detach())
-        if self.world.distributed:
+        if self.world.distributed and not self._global_loss:
             # the global batch's loss is the mean of the ranks' (equal shards); any rank's bad
             # loss stops every rank (their gradients, averaged, are bad too)
             both = distributed.sum_over_ranks(torch.stack([loss.detach(), loss_bad.to(loss.dtype)]))
@@ -174,17 +181,23 @@ class Trainer:
     def contrastive_loss(self) -> Tensor:
         """InfoNCE on batch ``self.step`` of positive pairs.
 
-        In a distributed run: this rank's anchors against the positives of every rank (gathered,
-        gradients flowing back to their owners), i.e. this rank's rows of the single-process loss
-        of the global batch, averaged over them; DDP's mean over the ranks makes it the global
-        mean."""
+        In a distributed run (``train.distributed_loss``): ``replicated``, every rank computes the
+        single-process loss of the global batch from the gathered embeddings, each backpropagating
+        through its own samples only; ``rows``, this rank's anchors against the positives of
+        every rank (gradients flowing back to their owners), averaged over its rows. Either way
+        DDP's mean over the ranks makes the update the single-process one."""
         x, x_positive = self.source.pairs(self.step)
         batch = x.shape[0]
         h = self._encode(torch.cat([x, x_positive]))  # one pass over both views: [2B, d]
         if not self.world.distributed:
             return self.exp.loss(h[:batch], h[batch:])
-        positives = distributed.gather(h[batch:])
-        return self.exp.loss(h[:batch], positives, offset=self.world.rank * batch)
+        if self.cfg.train.distributed_loss == "rows":
+            positives = distributed.gather(h[batch:])
+            return self.exp.loss(h[:batch], positives, offset=self.world.rank * batch)
+        # replicated: every rank the loss of the whole batch (the same number on every rank),
+        # anchors and positives in rank order, as one process with shards draws them
+        both = distributed.gather_replicated(h).unflatten(0, (self.world.size, 2, batch))
+        return self.exp.loss(both[:, 0].flatten(0, 1), both[:, 1].flatten(0, 1))
 
     def supervised_loss(self) -> Tensor:
         """The supervised baseline: mean squared error of f(x) against the latents (the ceiling)."""
@@ -309,6 +322,10 @@ class Trainer:
         self.objective = DistributedDataParallel(
             self.objective,
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            # given explicitly, the cap applies to the first bucket too (by default that one is
+            # 1 MiB): the paper's MLP (1.4 MB of gradients) goes in one all-reduce, not two
+            bucket_cap_mb=DDP_BUCKET_MB,
+            gradient_as_bucket_view=True,  # the gradients live in the buckets: no copy back
             **{sync: False},
         )
 
