@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quick", action="store_true", help="use each row's 'quick' profile")
+    p.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="use each row's profile NAME (e.g. kitti's 'long'; --quick is --profile quick)",
+    )
     p.add_argument("--seeds", type=int, default=5, help="seeds per row (default 5)")
     p.add_argument(
         "--ceiling-seeds",
@@ -552,6 +557,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from clinvert.reproduce import reproduce
 
     _check_workers(args.workers)
+    if args.quick and args.profile not in (None, "quick"):
+        raise ConfigError(f"--profile: give --quick or --profile, not both (got {args.profile!r})")
     rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
     command = "clinvert " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else ""
     summary = reproduce(
@@ -569,6 +576,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         collect_only=args.collect,
         data=args.data,
         ceiling_seeds=args.ceiling_seeds,
+        profile=args.profile,
     )
     print((Path(args.out) / f"{args.table}.md").read_text())
     incomplete = [s["row"] for s in summary if s["failed"] or s["missing"]]

@@ -329,11 +329,13 @@ def reproduce(
     collect_only: bool = False,
     data: str | None = None,
     ceiling_seeds: int | None = None,
+    profile: str | None = None,
 ) -> list[dict]:
     """Run (or continue) a table and write ``OUT/<table>.json`` and ``OUT/<table>.md``.
 
     With ``collect_only`` nothing runs: the finished runs are aggregated and the others are listed
     as missing. ``ceiling_seeds`` runs the supervised ceiling for the first N seeds only.
+    ``profile`` runs each row's profile of that name (``quick`` is ``profile="quick"``).
     """
     out = Path(out)
     workers = workers or default_workers()
@@ -348,6 +350,7 @@ def reproduce(
         root=root,
         data=data,
         ceiling_seeds=ceiling_seeds,
+        profile=profile,
     )
     if collect_only:
         found = {spec: current_result(spec) for spec in specs}
@@ -361,7 +364,7 @@ def reproduce(
             progress=progress,
             desc=f"{table} ({len(specs)} runs)",
         )
-    return write_table(table, out, specs, results, command, quick)
+    return write_table(table, out, specs, results, command, quick, profile)
 
 
 def write_table(
