@@ -5,8 +5,8 @@ draws exactly the batch of the two ranks), one torch thread per process, measure
 
 * **one process**: ``Trainer.objective`` (pairs, encoder, InfoNCE), ``backward``, ``Adam.step``;
 * **two ranks**: the same through ``DistributedDataParallel`` (each rank half the batch, the
-  positives gathered, the gradients all-reduced in the backward), plus the all-reduce of the
-  logged loss.
+  embeddings gathered, the gradients all-reduced in the backward), plus the all-reduce of the
+  logged loss where the loss is per rank (``train.distributed_loss: rows``).
 
 Printed: the median milliseconds of each phase and of the whole step, and the ratio of the step
 times. On a CPU of few cores, communication over gloo costs about what the halved batch saves;
@@ -71,7 +71,7 @@ def _measure(rank: int, world: int, config: str, profile: str, steps: int, out: 
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         t2 = time.perf_counter()
-        if world > 1:
+        if world > 1 and not trainer.loss_is_global:  # as Trainer.train_step does
             distributed.sum_over_ranks(torch.stack([loss.detach(), loss.detach()]))
         t3 = time.perf_counter()
         trainer.optimizer.step()

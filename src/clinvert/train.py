@@ -125,7 +125,7 @@ class Trainer:
         self.objective: torch.nn.Module = Objective(self)
         #: every rank's loss is the whole batch's (replicated InfoNCE): nothing to average, and
         #: a non-finite loss is seen by every rank at once
-        self._global_loss = (
+        self.loss_is_global = (
             cfg.train.objective == "contrastive" and cfg.train.distributed_loss == "replicated"
         )
         self._fault = bool(os.environ.get(distributed.FAULT_ENV))
@@ -156,7 +156,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # in a distributed run, DDP averages the gradients over the ranks here
         loss_bad = ~torch.isfinite(loss.detach())
-        if self.world.distributed and not self._global_loss:
+        if self.world.distributed and not self.loss_is_global:
             # the global batch's loss is the mean of the ranks' (equal shards); any rank's bad
             # loss stops every rank (their gradients, averaged, are bad too)
             both = distributed.sum_over_ranks(torch.stack([loss.detach(), loss_bad.to(loss.dtype)]))
