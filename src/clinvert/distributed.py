@@ -138,16 +138,21 @@ def gather(x: Tensor) -> Tensor:
     return _Gather.apply(x)
 
 
+def _all_gather_cat(x: Tensor) -> Tensor:
+    """Every rank's ``x`` [b, ...] concatenated in rank order: [N b, ...] (no autograd)."""
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x)
+    return torch.cat(parts, dim=0)
+
+
 class _Gather(torch.autograd.Function):
     """all_gather forward; backward: each rank's slice of the sum over ranks of the gradient
     (``reduce_scatter`` on NCCL; gloo has none, so an all-reduce and a slice there)."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        x = x.contiguous()
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x)
-        return torch.cat(parts, dim=0)
+        return _all_gather_cat(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
@@ -179,11 +184,8 @@ def gather_replicated(x: Tensor) -> Tensor:
 class _GatherReplicated(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        x = x.contiguous()
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x)
         ctx.rows = x.shape[0]
-        return torch.cat(parts, dim=0)
+        return _all_gather_cat(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
