@@ -111,3 +111,20 @@ def test_config_command_prints_the_resolved_config(capsys) -> None:
     assert main(["config", "--set", "latent.conditional.kappa=10"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["latent"]["conditional"] == {"name": "vmf", "kappa": 10.0}
+
+
+def test_alignment_rescores_finished_runs_against_random_codes(tmp_path: Path, capsys) -> None:
+    cfg = write_config(tmp_path, TINY)
+    assert main(["train", str(cfg), "--out", str(tmp_path / "runs" / "a"), "--quiet"]) == 0
+    out = tmp_path / "alignment.json"
+    assert main(["alignment", str(tmp_path / "runs"), "--trials", "5", "--out", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert len(records) == 1
+    rec = records[0]
+    # the re-encoded test set is the one the run scored at its end
+    assert rec["mcc"] == pytest.approx(rec["mcc_recorded"], abs=1e-6)
+    assert 0.0 <= rec["alignment"] <= 1.0 and rec["outputs"] == rec["latents"] == 4
+    assert rec["random_mcc_mean"] <= rec["random_mcc_p95"] <= 1.0
+    table = out.with_suffix(".md").read_text()
+    assert table.startswith("| run |") and "| contrastive | 1 | 4 |" in table
+    assert "random-code MCC" in capsys.readouterr().out

@@ -155,6 +155,10 @@ def _cases(tmp: Path) -> dict[str, list[str]]:
         ],
         "kitti stats: missing file": ["kitti", "stats", str(tmp / "none.pickle")],
         "kitti fetch: --out is a file": ["kitti", "fetch", "--out", str(a_file), "--quiet"],
+        "alignment: missing path": ["alignment", str(tmp / "none")],
+        "alignment: no finished runs": ["alignment", str(tmp)],
+        "alignment: bad trials": ["alignment", str(tmp), "--trials", "0"],
+        "alignment: --out not json": ["alignment", str(tmp), "--out", str(tmp / "a.txt")],
     }
 
 

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from clinvert.metrics import correlation_matrix, knn_r2_per_dim, mcc, r2, r2_per_dim
+from clinvert.metrics import (
+    alignment,
+    correlation_matrix,
+    knn_r2_per_dim,
+    mcc,
+    r2,
+    r2_per_dim,
+    random_code_scores,
+)
 
 
 @pytest.fixture
@@ -89,3 +97,42 @@ def test_knn_r2_sees_nonlinear_codes_that_the_affine_fit_misses() -> None:
     assert (knn[:2] > 0.9).all() and knn[2] < 0.05
     with pytest.raises(ValueError, match="k must be"):
         knn_r2_per_dim(z, cubed, k=0)
+
+
+def test_alignment_is_one_for_permutations_and_unmoved_by_dead_outputs(z) -> None:
+    rng = np.random.default_rng(6)
+    h = z @ signed_permutation(10, rng)
+    assert alignment(z, h) == pytest.approx(1.0, abs=1e-9)
+    # monotone maps per dimension are aligned for Spearman
+    assert alignment(z, np.exp(3 * z), correlation="spearman") == pytest.approx(1.0, abs=1e-9)
+    # constant and pure-noise outputs weigh (almost) nothing: noise of N samples explains ~K/N
+    padded = np.c_[h, np.ones(len(z)), rng.normal(size=(len(z), 5))]
+    assert alignment(z, padded) == pytest.approx(1.0, abs=0.01)
+
+
+def test_alignment_is_zero_for_a_45_degree_rotation() -> None:
+    # h = (z1 + z2, z2 - z1) / sqrt 2: each output splits its variance 1/2 : 1/2 (entropy log 2);
+    # the sample correlation of the independent z1, z2 (~ 1/sqrt N) perturbs the shares by ~1e-2
+    z = np.random.default_rng(7).uniform(size=(4000, 2))
+    c = np.sqrt(0.5)
+    h = z @ np.array([[c, c], [-c, c]])
+    assert alignment(z, h) == pytest.approx(0.0, abs=1e-3)
+    assert mcc(z, h) == pytest.approx(c, abs=0.03)
+
+
+def test_random_codes_fool_mcc_with_many_outputs_but_not_alignment() -> None:
+    """With 3 latents, the MCC of a random linear code rises with its width (the matching picks the
+    best of more random directions); its alignment does not move."""
+    z = np.random.default_rng(8).uniform(size=(2000, 3))
+    narrow = random_code_scores(z, outputs=3, trials=40, seed=0)
+    wide = random_code_scores(z, outputs=10, trials=40, seed=0)
+    assert narrow["mcc"].shape == (40,) and wide["alignment"].shape == (40,)
+    assert wide["mcc"].mean() > narrow["mcc"].mean() + 0.1
+    assert wide["mcc"].mean() > 0.85
+    # the standard error of a 40-trial mean of alignment is about 0.1 / sqrt(40) < 0.02
+    assert abs(wide["alignment"].mean() - narrow["alignment"].mean()) < 0.1
+    assert wide["alignment"].mean() < 0.6
+    again = random_code_scores(z, outputs=10, trials=40, seed=0)
+    np.testing.assert_array_equal(again["mcc"], wide["mcc"])
+    with pytest.raises(ValueError, match="outputs and trials"):
+        random_code_scores(z, outputs=0)
