@@ -18,12 +18,13 @@ import torch
 import yaml
 
 from clinvert.cli import main
-from clinvert.config import ConfigError, validate_config
+from clinvert.config import ConfigError, load_config, validate_config
 from clinvert.data.kitti import load_kitti_masks, write_kitti_masks
 from clinvert.data.kitti.fetch import fetch_kitti_masks
 from clinvert.data.kitti.masks import mask_factors
 from clinvert.data.kitti.walkers import WalkerSpec, factor_walks, make_walkers, transition_stats
 from clinvert.models.slowvae import SlowVAE, gaussian_laplace_kl
+from clinvert.reproduce import random_code_level
 
 
 def published(n_seq: int = 6, length: int = 12, seed: int = 0) -> dict:
@@ -354,7 +355,15 @@ def test_reproduce_kitti_points_every_row_at_one_file(walkers: Path, tmp_path: P
     )
     assert run["data"]["path"] == str(walkers.resolve())
     table = (out / "kitti.md").read_text()
-    assert "SlowVAE" in table and "MCC" in table
+    assert "SlowVAE" in table and "MCC" in table and "| random codes |" in table
+    # the chance level of MCC on these 200 frames with ten outputs: high, the same for both rows
+    level = summary[0]["random_code"]
+    assert level == summary[1]["random_code"] and level["outputs"] == 10
+    assert 0.7 < level["mcc"] <= level["mcc_p95"] <= 1.0 and level["alignment"] < 0.7
+    # a table collected where the data file is not: the column is empty instead of failing
+    row = root / "kitti" / "laplace-box-dt1.yaml"
+    missing = load_config(row, [f"data.path={tmp_path / 'gone.pickle'}"], profile="quick")
+    assert random_code_level(missing) is None
     assert main(["report", str(out)]) == 0  # the HTML table and curves (no synthetic scatter)
     assert "kitti: MCC" in (out / "report.html").read_text()
     assert (out / "kitti_curves.png").is_file() and not (out / "kitti_scatter.png").exists()

@@ -145,11 +145,54 @@ def _stats(values: list[float]) -> tuple[float | None, float | None]:
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
 
 
+#: Random linear codes per data file behind a data table's chance column.
+CHANCE_TRIALS = 100
+
+
+def random_code_level(cfg: Any, cache: dict | None = None) -> dict[str, float] | None:
+    """MCC and alignment of random linear codes of a row's test latents, as wide as its encoder's
+    output (:func:`clinvert.metrics.random_code_scores`): the chance level of its MCC. None when the
+    row's data cannot be read here (a table collected without its data file)."""
+    import torch
+
+    from clinvert import metrics
+    from clinvert.data.sources import make_source
+
+    width = cfg.model.output_dim or cfg.latent.dim
+    key = (getattr(cfg.data, "path", None), cfg.eval.samples, width, cfg.eval.correlation)
+    if cache is not None and key in cache:
+        return cache[key]
+    try:
+        source = make_source(cfg, torch.device("cpu"))
+    except (ConfigError, OSError):
+        return None
+    try:
+        z = source.latents("test")
+        correlation = source.correlation
+    finally:
+        source.close()
+    if z is None:
+        return None
+    scores = metrics.random_code_scores(z, width, CHANCE_TRIALS, correlation)
+    level = {
+        "outputs": int(width),
+        "trials": CHANCE_TRIALS,
+        "mcc": float(scores["mcc"].mean()),
+        "mcc_p95": float(np.percentile(scores["mcc"], 95)),
+        "alignment": float(scores["alignment"].mean()),
+    }
+    if cache is not None:
+        cache[key] = level
+    return level
+
+
 def aggregate(table: str, specs: list[RunSpec], results: dict[RunSpec, dict]) -> list[dict]:
-    """One summary object per row: the contrastive mean ± std over seeds next to the baselines."""
+    """One summary object per row: the contrastive mean ± std over seeds next to the baselines
+    (and, for a data table, the chance level of its MCC: :func:`random_code_level`)."""
     metric = TABLES[table]
     other = "mcc" if metric == "r2" else "r2"
     summary = []
+    chance_cache: dict = {}
     for row in dict.fromkeys(s.row for s in specs):
         row_specs = [s for s in specs if s.row == row]
         first = row_specs[0]
@@ -190,6 +233,9 @@ def aggregate(table: str, specs: list[RunSpec], results: dict[RunSpec, dict]) ->
                 "seeds": [seed for seed, _ in contrastive],
                 "values": [r["final"][metric] for _, r in contrastive],
                 "identity": ident_mean,
+                "random_code": random_code_level(cfg, chance_cache)
+                if table in DATA_TABLES
+                else None,
                 "supervised": sup_mean,
                 "supervised_std": sup_std,
                 "other": {"metric": other, "mean": other_mean, "std": other_std},
@@ -259,6 +305,8 @@ def render_markdown(
     scale = (
         f"{profile} profile" if profile else "quick profile" if quick else "paper-scale settings"
     )
+    # a data table's MCC has a chance level worth a column (3 factors, 10 outputs: about 0.9)
+    chance_head = " random codes |" if table in DATA_TABLES else ""
     lines = [
         f"# {table}: {name} ({scale})",
         "",
@@ -266,9 +314,9 @@ def render_markdown(
         f"Machine: {machine_line()}  ",
         f"Date: {dt.date.today().isoformat()}",
         "",
-        f"| generative process | model | matched? | identity | supervised | {method} {name} "
-        f"| {method} {other} | seeds | steps × batch | claim |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| generative process | model | matched? | identity |{chance_head} supervised "
+        f"| {method} {name} | {method} {other} | seeds | steps × batch | claim |",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if chance_head else ""),
     ]
     notes, short = [], []
     for s in summary:
@@ -276,8 +324,12 @@ def render_markdown(
         several = len(s["seeds"]) > 1  # a std over one seed would read as certainty
         spread = s["std"] if several else None
         other_spread = s["other"]["std"] if several else None
+        chance = ""
+        if chance_head:
+            level = s.get("random_code")
+            chance = f" {_fmt(level[metric] if level else None)} |"
         lines.append(
-            f"| {s['process']} | {s['model']} | {matched} | {_fmt(s['identity'])} | "
+            f"| {s['process']} | {s['model']} | {matched} | {_fmt(s['identity'])} |{chance} "
             f"{_fmt(s['supervised'])} | {_fmt(s['mean'], spread)} | "
             f"{_fmt(s['other']['mean'], other_spread)} | {len(s['seeds'])} | "
             f"{s['steps']} × {s['batch_size']} | {claim_cell(s.get('claims', []))} |"
@@ -298,8 +350,10 @@ def render_markdown(
         footer = (
             "Each row: mean ± std over seeds of the row's method (InfoNCE, or SlowVAE where the "
             "model says so) on the evaluation frames, trained for the row's steps × batch; "
-            "identity = a linear fit on pooled pixels; supervised = the same encoder regressed on "
-            "the factors."
+            "identity = a linear fit on pooled pixels; random codes = the mean MCC of "
+            f"{CHANCE_TRIALS} random linear codes of the factors as wide as the encoder's output "
+            "(the level an MCC must beat to mean 'aligned'; `clinvert alignment` scores the runs' "
+            "own alignment); supervised = the same encoder regressed on the factors."
         )
     else:
         footer = (
