@@ -12,7 +12,7 @@
 * :func:`random_code_scores` -- the scores the protocol gives codes that hold the latents linearly
   but in random directions: the chance level an MCC must beat before it says "aligned". With more
   outputs than latents it is high (3 latents, 10 outputs: about 0.9), since the matching picks the
-  best of many random directions.
+  best of many random directions. :func:`chance_level` summarises them (mean, 95th percentile).
 
 All accept numpy arrays or torch tensors of shape [N, n] (h may have another width).
 """
@@ -213,6 +213,26 @@ def random_code_scores(
         mccs[t] = mcc(z_np, h, correlation)
         aligned[t] = alignment(z_np, h, correlation)
     return {"mcc": mccs, "alignment": aligned}
+
+
+def chance_level(
+    z: ArrayLike,
+    outputs: int,
+    trials: int = 100,
+    correlation: str = "pearson",
+    seed: int = 0,
+) -> dict[str, float]:
+    """Summary of :func:`random_code_scores`: mean and 95th percentile of the random codes' MCC
+    and alignment, with ``outputs`` and ``trials``."""
+    scores = random_code_scores(z, outputs, trials, correlation, seed)
+    return {
+        "outputs": int(outputs),
+        "trials": int(trials),
+        "mcc": float(scores["mcc"].mean()),
+        "mcc_p95": float(np.percentile(scores["mcc"], 95)),
+        "alignment": float(scores["alignment"].mean()),
+        "alignment_p95": float(np.percentile(scores["alignment"], 95)),
+    }
 
 
 #: Metric registry: name -> function(z, h) -> float.

@@ -151,7 +151,7 @@ CHANCE_TRIALS = 100
 
 def random_code_level(cfg: Any, cache: dict | None = None) -> dict[str, float] | None:
     """MCC and alignment of random linear codes of a row's test latents, as wide as its encoder's
-    output (:func:`clinvert.metrics.random_code_scores`): the chance level of its MCC. None when the
+    output (:func:`clinvert.metrics.chance_level`): the chance level of its MCC. None when the
     row's data cannot be read here (a table collected without its data file)."""
     import torch
 
@@ -173,14 +173,7 @@ def random_code_level(cfg: Any, cache: dict | None = None) -> dict[str, float] |
         source.close()
     if z is None:
         return None
-    scores = metrics.random_code_scores(z, width, CHANCE_TRIALS, correlation)
-    level = {
-        "outputs": int(width),
-        "trials": CHANCE_TRIALS,
-        "mcc": float(scores["mcc"].mean()),
-        "mcc_p95": float(np.percentile(scores["mcc"], 95)),
-        "alignment": float(scores["alignment"].mean()),
-    }
+    level = metrics.chance_level(z, width, CHANCE_TRIALS, correlation)
     if cache is not None:
         cache[key] = level
     return level
