@@ -142,8 +142,9 @@ def score_runs(
 
 
 def _mean_std(values: list[float]) -> str:
+    """Mean ± sample standard deviation (ddof=1, as in the reproduction tables)."""
     arr = np.asarray(values, dtype=float)
-    return f"{arr.mean():.3f} ± {arr.std():.3f}" if len(arr) > 1 else f"{arr[0]:.3f}"
+    return f"{arr.mean():.3f} ± {arr.std(ddof=1):.3f}" if len(arr) > 1 else f"{arr[0]:.3f}"
 
 
 def alignment_table(records: list[dict[str, Any]]) -> str:
