@@ -12,31 +12,14 @@ import torch
 from clinvert.config import validate_config
 from clinvert.losses import info_nce
 from clinvert.train import Trainer
+from small_configs import box_l1
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _config(device: str, precision: str = "fp32", steps: int = 6) -> dict:
-    return {
-        "latent": {
-            "dim": 4,
-            "space": "box",
-            "box": [0.0, 1.0],
-            "marginal": {"name": "uniform"},
-            "conditional": {"name": "laplace", "scale": 0.1},
-        },
-        "mixing": {"layers": 2},
-        "model": {"widths": [32], "output": "box", "similarity": "lp", "p": 1, "tau": 0.5},
-        "train": {
-            "batch_size": 256,
-            "steps": steps,
-            "lr": 1e-3,
-            "device": device,
-            "precision": precision,
-        },
-        "eval": {"every": steps, "samples": 512},
-    }
+    return box_l1(4, 32, 256, steps, tau=0.5, eval_samples=512, device=device, precision=precision)
 
 
 def _first_losses(device: str, precision: str) -> list[float]:

@@ -25,6 +25,7 @@ from clinvert.data.sources import Shards, make_source
 from clinvert.distributed import World
 from clinvert.losses import info_nce
 from clinvert.rundir import load_checkpoint
+from small_configs import box_l1
 
 #: (similarity, p, tau): the bounded dot path (cosine, tau 0.5), the row-maximum dot path (cosine
 #: at a small tau), L2 (dot with a bias), L1 and L3 (fused kernels), L1.5 (blockwise torch).
@@ -156,27 +157,8 @@ def test_gathered_loss_and_gradients_equal_the_single_process_ones(tmp_path: Pat
 
 # ----- shards: one process draws the batch of N ---------------------------------------------------
 def _synthetic(shards: int | None = 2) -> dict:
-    return {
-        "name": "dist-test",
-        "latent": {
-            "dim": 3,
-            "space": "box",
-            "box": [0.0, 1.0],
-            "marginal": {"name": "uniform"},
-            "conditional": {"name": "laplace", "scale": 0.1},
-        },
-        "mixing": {"layers": 2},
-        "model": {"widths": [16], "output": "box", "similarity": "lp", "p": 1, "tau": 1.0},
-        "train": {
-            "batch_size": 64,
-            "steps": 12,
-            "lr": 1e-3,
-            "checkpoint_every": 4,
-            "device": "cpu",
-            "shards": shards,
-        },
-        "eval": {"every": 4, "samples": 256},
-    }
+    cfg = box_l1(3, 16, 64, 12, eval_every=4, checkpoint_every=4, device="cpu", shards=shards)
+    return {"name": "dist-test", **cfg}
 
 
 def _arrays(tmp_path: Path) -> dict:
