@@ -11,8 +11,10 @@ on the same batch size and image size with InfoNCE and Adam, measured alternatel
   ``model(cat(x, x~))``, ``cross_entropy`` of the [B, B] L2 logits, ``backward``, ``Adam.step``.
 
 Printed: median seconds per step, images per second (2B per step) and their ratio, then each phase's
-share; the plain loop with ``channels_last`` memory format beside it (it decides whether channels-last
-pays on this CPU). ``--smoke`` runs a few tiny steps (the test suite does, so the script keeps working).
+share; clinvert's step with the encoder under bfloat16 autocast (``train.precision: bf16``) and the
+plain loop with ``channels_last`` memory format beside it (they decide whether bf16 and
+channels-last pay on this CPU). ``--smoke`` runs a few tiny steps (the test suite does, so the
+script keeps working).
 
 Run: python benchmarks/bench_image_step.py [--encoder resnet18|conv] [--batch 64] [--size 64]
 """
@@ -103,7 +105,7 @@ class Ours:
         x, x_pos = t.source.pairs(t.step)
         marks.append(time.perf_counter())
         batch = x.shape[0]
-        h = exp.model(torch.cat([x, x_pos]))
+        h = t._encode(torch.cat([x, x_pos]))  # under train.precision's autocast, as in training
         marks.append(time.perf_counter())
         loss = exp.loss(h[:batch], h[batch:])
         marks.append(time.perf_counter())
@@ -158,9 +160,12 @@ def measure(args: argparse.Namespace) -> dict:
         write_dataset(data / "train", args.images, args.size, 0)
         write_dataset(data / "test", 64, args.size, 1)
         total = args.warmup + args.steps
-        cfg = validate_config(make_config(data, args.encoder, args.batch, total + 1))
+        raw = make_config(data, args.encoder, args.batch, total + 1)
+        cfg = validate_config(raw)
+        bf16 = validate_config({**raw, "train": {**raw["train"], "precision": "bf16"}})
         loops = {
             "clinvert": Ours(cfg),
+            "clinvert, bf16": Ours(bf16),
             "plain": Plain(cfg, False, args.batch, args.size),
             "plain, channels_last": Plain(cfg, True, args.batch, args.size),
         }
@@ -170,7 +175,7 @@ def measure(args: argparse.Namespace) -> dict:
                 took = loop.step()
                 if round_ >= args.warmup:
                     seconds[name].append(took)
-        ours = loops["clinvert"]
+        ours = loops["clinvert"]  # the phases of the float32 step
         phases = {k: statistics.median(v[args.warmup :]) for k, v in ours.times.items()}
     medians = {name: statistics.median(v) for name, v in seconds.items()}
     return {

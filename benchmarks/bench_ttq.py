@@ -11,7 +11,9 @@ within the budget), and writes the curve of the score over training time to a PN
                                    [--set train.steps=30000 ...] [--out benchmarks/results]
 
 ``--set`` overrides preset fields (as ``clinvert train --set`` does), e.g. a longer schedule for the
-hard row: ``--presets sphere-vmf1 --set train.steps=30000 --budget-minutes 60``.
+hard row: ``--presets sphere-vmf1 --set train.steps=30000 --budget-minutes 60``; ``--profile``
+selects a profile of the presets, e.g. the hard row's 15-minute recipe: ``--presets sphere-vmf1
+--profile target``.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ def run_preset(name: str, cfg: RunConfig, budget_s: float, eval_every: int) -> d
         "train_seconds": train_s,
         "eval_seconds": eval_s,
         "batch_size": cfg.train.batch_size,
+        "schedule_steps": cfg.train.steps,
+        "precision": cfg.train.precision,
         "threads": torch.get_num_threads(),
         "curve": curve,
     }
@@ -99,7 +103,8 @@ def plot(results: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns the exit status (0)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", help="comma-separated preset names (default: all)")
     parser.add_argument(
@@ -110,10 +115,13 @@ def main() -> None:
     )
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument(
+        "--profile", help="a profile the presets define (e.g. sphere-vmf1's `target` schedule)"
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset field"
     )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     available = {p.stem: p for p in sorted(PRESETS.glob("*.yaml"))}
     names = [n.strip() for n in args.presets.split(",")] if args.presets else list(available)
     unknown = [n for n in names if n not in available]
@@ -123,7 +131,7 @@ def main() -> None:
         sys.exit("bench_ttq: error: --budget-minutes must be > 0 and --eval-every >= 1")
     print(f"time to quality, {torch.get_num_threads()} threads, budget {args.budget_minutes} min")
     try:  # every preset and override validated before any training starts
-        configs = {n: load_config(available[n], args.set) for n in names}
+        configs = {n: load_config(available[n], args.set, args.profile) for n in names}
     except ConfigError as err:  # names the bad field and what is allowed
         sys.exit(f"bench_ttq: error: {err}")
     results = [
@@ -142,7 +150,8 @@ def main() -> None:
     write_json(out / "ttq.json", results)
     write_bytes(out / "ttq_curves.png", plot(results))
     print(f"curves: {out / 'ttq_curves.png'}; data: {out / 'ttq.json'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,15 @@ def test_distributed_benchmark_smoke(capsys) -> None:
     assert torch.get_num_threads() == threads  # later tests (golden runs) keep their thread count
     text = capsys.readouterr().out
     assert "two ranks / one process" in text and "backward" in text
+
+
+def test_time_to_quality_benchmark_takes_a_profile(capsys, tmp_path: Path) -> None:
+    bench = _module("bench_ttq")
+    tiny = ["--set", "train.steps=2", "--set", "train.batch_size=16", "--set", "eval.samples=256"]
+    args = ["--presets", "sphere-vmf1", "--profile", "target", "--eval-every", "1", *tiny]
+    assert bench.main([*args, "--out", str(tmp_path)]) == 0
+    (result,) = json.loads((tmp_path / "ttq.json").read_text())
+    assert result["precision"] == "bf16" and result["steps"] == 2  # the profile, then the overrides
+    assert "sphere-vmf1" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="profile: unknown profile 'nosuch'"):
+        bench.main(["--presets", "sphere-vmf1", "--profile", "nosuch", "--out", str(tmp_path)])
