@@ -13,7 +13,7 @@ within the budget), and writes the curve of the score over training time to a PN
 ``--set`` overrides preset fields (as ``clinvert train --set`` does), e.g. a longer schedule for the
 hard row: ``--presets sphere-vmf1 --set train.steps=30000 --budget-minutes 60``; ``--profile``
 selects a profile of the presets, e.g. the hard row's 15-minute recipe: ``--presets sphere-vmf1
---profile target``.
+--profile 15min``.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument(
-        "--profile", help="a profile the presets define (e.g. sphere-vmf1's `target` schedule)"
+        "--profile", help="a profile the presets define (e.g. sphere-vmf1's `15min`)"
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset field"

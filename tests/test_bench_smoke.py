@@ -42,7 +42,7 @@ def test_distributed_benchmark_smoke(capsys) -> None:
 def test_time_to_quality_benchmark_takes_a_profile(capsys, tmp_path: Path) -> None:
     bench = _module("bench_ttq")
     tiny = ["--set", "train.steps=2", "--set", "train.batch_size=16", "--set", "eval.samples=256"]
-    args = ["--presets", "sphere-vmf1", "--profile", "target", "--eval-every", "1", *tiny]
+    args = ["--presets", "sphere-vmf1", "--profile", "15min", "--eval-every", "1", *tiny]
     assert bench.main([*args, "--out", str(tmp_path)]) == 0
     (result,) = json.loads((tmp_path / "ttq.json").read_text())
     assert result["precision"] == "bf16" and result["steps"] == 2  # the profile, then the overrides

@@ -1,0 +1,58 @@
+"""One preset's training step in float32 and with the encoder under bfloat16 autocast, alternating.
+
+Prints the median milliseconds of each and their ratio (the loss, the weights and the evaluation
+stay float32 either way; see ``train.precision``), and writes them to a JSON file. Not part of
+``make bench``.
+
+    python benchmarks/compare_precision.py OUT.json [--preset fast/sphere-vmf1] [--steps 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure; returns the exit status."""
+    from clinvert.config import load_config
+    from clinvert.runtime import configure_process
+    from clinvert.train import Trainer
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="JSON file for the medians")
+    parser.add_argument("--preset", default="fast/sphere-vmf1")
+    parser.add_argument("--steps", type=int, default=15)
+    args = parser.parse_args(argv)
+    configure_process()
+    trainers = {}
+    for precision in ("fp32", "bf16"):
+        overrides = [f"train.precision={precision}", "train.device=cpu"]
+        trainers[precision] = Trainer(load_config(args.preset, overrides), progress=False)
+    times: dict[str, list[float]] = {p: [] for p in trainers}
+    for round_ in range(5 + args.steps):  # 5 warm-up rounds
+        for precision, trainer in trainers.items():
+            start = time.perf_counter()
+            trainer.train_step()
+            trainer.step += 1
+            if round_ >= 5:
+                times[precision].append(time.perf_counter() - start)
+    med = {p: statistics.median(v) for p, v in times.items()}
+    out = {
+        "preset": args.preset,
+        "threads": torch.get_num_threads(),
+        "median_ms": {p: round(1000 * m, 2) for p, m in med.items()},
+        "ratio_fp32_over_bf16": round(med["fp32"] / med["bf16"], 3),
+    }
+    print(json.dumps(out))
+    with open(args.out, "w") as f:
+        json.dump(out, f)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
