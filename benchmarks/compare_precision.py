@@ -20,6 +20,7 @@ import torch
 def main(argv: list[str] | None = None) -> int:
     """Measure; returns the exit status."""
     from clinvert.config import load_config
+    from clinvert.io import write_json
     from clinvert.runtime import configure_process
     from clinvert.train import Trainer
 
@@ -49,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_fp32_over_bf16": round(med["fp32"] / med["bf16"], 3),
     }
     print(json.dumps(out))
-    with open(args.out, "w") as f:
-        json.dump(out, f)
+    write_json(args.out, out)  # atomic, as every result file of the project
     return 0
 
 
