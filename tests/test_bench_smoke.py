@@ -49,3 +49,17 @@ def test_time_to_quality_benchmark_takes_a_profile(capsys, tmp_path: Path) -> No
     assert "sphere-vmf1" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="profile: unknown profile 'nosuch'"):
         bench.main(["--presets", "sphere-vmf1", "--profile", "nosuch", "--out", str(tmp_path)])
+
+
+def test_loss_paths_benchmark_smoke(capsys, tmp_path: Path) -> None:
+    import clinvert.losses as losses
+
+    defaults = (losses.LOGIT_BLOCK_ELEMENTS, losses.SAVED_WEIGHTS_ELEMENTS)
+    bench = _module("bench_loss_paths")
+    out = tmp_path / "paths.json"
+    args = ["--batch", "64", "--rounds", "1", "--blocks", "256", "4096", "--json", str(out)]
+    assert bench.main(args) == 0
+    assert (losses.LOGIT_BLOCK_ELEMENTS, losses.SAVED_WEIGHTS_ELEMENTS) == defaults  # restored
+    assert "best:" in capsys.readouterr().out
+    (row,) = json.loads(out.read_text())["results"]
+    assert len(row["median_ms"]) == 4  # two block sizes, saved and recomputed

@@ -209,26 +209,45 @@ def test_blockwise_info_nce_matches_naive_across_many_row_blocks(
 
 
 @pytest.mark.parametrize("similarity,p", [("cosine", 2.0), ("lp", 2.0)])
-@pytest.mark.parametrize("bounded", [True, False])
+@pytest.mark.parametrize("bounded,saved", [(True, True), (True, False), (False, False)])
 def test_bounded_dot_path_and_row_maximum_path_both_match_naive(
-    monkeypatch, similarity, p, bounded
+    monkeypatch, similarity, p, bounded, saved
 ) -> None:
     import clinvert.losses as losses
 
     monkeypatch.setattr(losses, "LOGIT_BLOCK_ELEMENTS", 100)  # 3 rows per block of 31 columns
     monkeypatch.setattr(losses, "BOUNDED_SPAN", 1e9 if bounded else -1.0)
-    chosen = []
-    real = losses._dot_bounds
+    # the bounded path's backward from the forward's saved exponentials, or recomputed
+    monkeypatch.setattr(losses, "SAVED_WEIGHTS_ELEMENTS", 1 << 30 if saved else 0)
+    chosen, kept = [], []
+    real, real_backward = losses._dot_bounds, losses._bounded_backward
 
     def spy(*args):
         bounds = real(*args)
         chosen.append(bounds is not None)
         return bounds
 
+    def spy_backward(*args):
+        kept.append(args[-1] is not None)
+        return real_backward(*args)
+
     monkeypatch.setattr(losses, "_dot_bounds", spy)
+    monkeypatch.setattr(losses, "_bounded_backward", spy_backward)
     a, b = noisy_pairs(3, 31, 4, 0.2, similarity)
     assert_matches_naive(a, b, similarity, p, 0.5)
     assert chosen == [bounded]
+    assert kept == ([saved] if bounded else [])
+
+
+def test_saved_weights_are_not_kept_without_gradients() -> None:
+    import clinvert.losses as losses
+
+    a, b = noisy_pairs(3, 31, 4, 0.2, "cosine")
+    out = losses._FusedInfoNCE.apply(a, b, None, "dot", 2.0, None, 0)  # no input needs a gradient
+    assert out.grad_fn is None
+    x = a.clone().requires_grad_()
+    out = losses._FusedInfoNCE.apply(x, b, None, "dot", 2.0, None, 0)
+    assert [t.shape for t in out.grad_fn.saved_tensors[-2:]] == [(31, 31), (31,)]
 
 
 def test_bounded_path_only_where_exp_cannot_underflow() -> None:

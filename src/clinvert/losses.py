@@ -376,6 +376,12 @@ def _block_grads(
     return ga, gb
 
 
+#: Largest [rows, B] weight matrix (elements) that the bounded "dot" path keeps from its forward for
+#: the backward instead of recomputing it (16 MiB float32: B = 2048 on one process). Below it the
+#: backward is two products against the saved exponentials; above it the memory would cost more
+#: than the product and ``exp`` it saves. Measured in ``benchmarks/bench_loss_paths.py``.
+SAVED_WEIGHTS_ELEMENTS = 1 << 22
+
 #: Largest spread (max - min over a row, plus log B) of the logits for which the bounded "dot" path
 #: runs: every shifted logit and every log-softmax value stays above -80, so ``exp`` gives normal
 #: floats (float32's smallest is exp(-87.3)) and needs neither a row maximum nor a floor.
@@ -450,14 +456,26 @@ class _FusedInfoNCE(torch.autograd.Function):
         # The bounded path's no-denormal guarantee holds for the B columns only: off with ``extra``.
         bounds = _dot_bounds(a, b, bias) if kind == "dot" and extra is None else None
         ctx.bounded = bounds is not None
+        saved = None
         if bounds is not None:
             shift = bounds[0]
             a_aug, b_aug = _augmented(a, b, bias, shift)
-            lse = torch.empty_like(shift)
+            totals = torch.empty_like(shift)
+            # keep the exponentials for the backward when they are small enough (and wanted)
+            keep = any(ctx.needs_input_grad[:3]) and rows * b.shape[0] <= SAVED_WEIGHTS_ELEMENTS
+            saved = a.new_empty(rows, b.shape[0]) if keep else None
             for start in range(0, rows, step):
                 blk = slice(start, min(rows, start + step))
-                total = (a_aug[blk] @ b_aug.T).exp_().sum(dim=1)  # each term in [e^-span, 1]
-                lse[blk] = shift[blk] + torch.log(total)
+                block = (
+                    torch.mm(a_aug[blk], b_aug.T, out=saved[blk])
+                    if saved is not None
+                    else a_aug[blk] @ b_aug.T
+                )
+                totals[blk] = block.exp_().sum(dim=1)  # each term in [e^-span, 1]
+            lse = shift + torch.log(totals)
+            if saved is not None:
+                # the backward's softmax weights are saved_ij / totals_i
+                saved = (saved, totals.reciprocal_())
             diag = (a * b[own]).sum(dim=1) + (bias[own] if bias is not None else 0.0)
         else:
             lse = a.new_empty(rows)
@@ -472,17 +490,18 @@ class _FusedInfoNCE(torch.autograd.Function):
                 lse[blk] = top.squeeze(1) + torch.log(total)
         if extra is not None:
             lse = torch.logaddexp(lse, extra)
-        ctx.save_for_backward(a, b, bias, lse, extra)
+        ctx.save_for_backward(a, b, bias, lse, extra, *(saved or ()))
         ctx.kind, ctx.p, ctx.step, ctx.offset = kind, p, step, offset
         return (lse - diag).mean()
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        a, b, bias, lse, extra = ctx.saved_tensors
+        a, b, bias, lse, extra, *saved = ctx.saved_tensors
         rows = a.shape[0]
         scale = grad / rows
         if ctx.bounded:
-            return (*_bounded_backward(a, b, bias, lse, scale, ctx.step, ctx.offset), None, None)
+            grads = _bounded_backward(a, b, bias, lse, scale, ctx.step, ctx.offset, saved or None)
+            return (*grads, None, None)
         # d/d extra_i of logaddexp(lse_i, extra_i) is the extra term's own softmax weight.
         grad_extra = (extra - lse).exp_().mul_(scale) if extra is not None else None
         grad_a = torch.empty_like(a)
@@ -511,30 +530,44 @@ def _bounded_backward(
     scale: Tensor,
     step: int,
     offset: int = 0,
+    saved: list[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None, None, None]:
     """Gradients of the bounded "dot" path: softmax weights w_ij = exp(s_ij - lse_i) from one
     product (lse rides in as a column), then d/da_i = scale (sum_j w_ij b_j - b_(o+i)),
     d/db_j = scale (sum_i w_ij a_i - a_(j-o)), d/dbias_j = scale (sum_i w_ij - 1), the last terms
     only for the columns o .. o + rows - 1 that are some row's own positive (o = ``offset``).
 
+    With ``saved`` = (E, r), the forward's exponentials E_ij = exp(s_ij - shift_i) and the
+    reciprocals r_i of their row sums, w_ij = E_ij r_i is never formed: r scales the rows of the
+    [rows, d] products instead, and nothing is recomputed.
+
     Every w_ij >= exp(-BOUNDED_SPAN): no floor is needed and no denormal reaches a product.
     """
     rows = a.shape[0]
-    a_aug, b_aug = _augmented(a, b, bias, lse)
+    a_aug, b_aug = _augmented(a, b, bias, lse) if saved is None else (a, b)
     grad_a = torch.empty_like(a)
     b_t = b.T.contiguous()
     wa_t = a.new_zeros(a.shape[1], b.shape[0])  # sum_i w_ij a_i, transposed: [d, B]
     w_sum = torch.zeros_like(bias) if bias is not None else None
     for start in range(0, rows, step):
         blk = slice(start, min(rows, start + step))
-        weights = (a_aug[blk] @ b_aug.T).exp_()  # softmax over j
+        if saved is None:
+            weights, a_blk = (a_aug[blk] @ b_aug.T).exp_(), a[blk]  # softmax over j
+        else:
+            weights, row_scale = saved[0][blk], saved[1][blk, None]
+            a_blk = a[blk] * row_scale
         # Both contractions with the skinny side (d columns) as the product's rows: [d, rows] x
         # [rows, B] took 0.35 ms where [B, rows] x [rows, d] took 1.11, and [d, B] x [B, rows] 0.66
         # where [rows, B] x [B, d] took 0.92 (a [341, 6144] block, 2 threads, MKL).
         grad_a[blk] = torch.mm(b_t, weights.T).T
-        wa_t.addmm_(a[blk].T, weights)
+        if saved is not None:
+            grad_a[blk] *= row_scale
+        wa_t.addmm_(a_blk.T, weights)
         if w_sum is not None:
-            w_sum += weights.sum(0)
+            if saved is None:
+                w_sum += weights.sum(0)
+            else:
+                w_sum.addmv_(weights.T, row_scale.squeeze(1))
     own = slice(offset, offset + rows)
     grad_a.sub_(b[own]).mul_(scale)
     grad_b = wa_t.T.contiguous()
