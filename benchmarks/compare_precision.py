@@ -4,7 +4,8 @@ Prints the median milliseconds of each and their ratio (the loss, the weights an
 stay float32 either way; see ``train.precision``), and writes them to a JSON file. Not part of
 ``make bench``.
 
-    python benchmarks/compare_precision.py OUT.json [--preset fast/sphere-vmf1] [--steps 15]
+    python benchmarks/compare_precision.py OUT.json [--preset fast/sphere-vmf1] [--steps 15] \
+        [--set model.widths=[10,20,20,10] ...]
 """
 
 from __future__ import annotations
@@ -28,11 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", help="JSON file for the medians")
     parser.add_argument("--preset", default="fast/sphere-vmf1")
     parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config field in both cases (repeatable)",
+    )
     args = parser.parse_args(argv)
     configure_process()
     trainers = {}
     for precision in ("fp32", "bf16"):
-        overrides = [f"train.precision={precision}", "train.device=cpu"]
+        overrides = [*args.set, f"train.precision={precision}", "train.device=cpu"]
         trainers[precision] = Trainer(load_config(args.preset, overrides), progress=False)
     times: dict[str, list[float]] = {p: [] for p in trainers}
     for round_ in range(5 + args.steps):  # 5 warm-up rounds
@@ -45,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     med = {p: statistics.median(v) for p, v in times.items()}
     out = {
         "preset": args.preset,
+        "overrides": args.set,
         "threads": torch.get_num_threads(),
         "median_ms": {p: round(1000 * m, 2) for p, m in med.items()},
         "ratio_fp32_over_bf16": round(med["fp32"] / med["bf16"], 3),
