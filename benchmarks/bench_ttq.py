@@ -75,6 +75,7 @@ def run_preset(name: str, cfg: RunConfig, budget_s: float, eval_every: int) -> d
         "schedule_steps": cfg.train.steps,
         "precision": cfg.train.precision,
         "threads": torch.get_num_threads(),
+        "config": cfg.to_dict(),  # the resolved recipe: profile and overrides applied
         "curve": curve,
     }
 
@@ -135,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:  # names the bad field and what is allowed
         sys.exit(f"bench_ttq: error: {err}")
     results = [
-        run_preset(n, cfg, 60 * args.budget_minutes, args.eval_every) for n, cfg in configs.items()
+        {
+            **run_preset(n, cfg, 60 * args.budget_minutes, args.eval_every),
+            "profile": args.profile,
+            "overrides": args.set,
+        }
+        for n, cfg in configs.items()
     ]
     print(f"\n{'preset':28s}{'target':>12s}{'reached':>9s}{'minutes':>9s}{'steps':>8s}{'best':>8s}")
     for r in results:

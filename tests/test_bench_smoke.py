@@ -46,6 +46,8 @@ def test_time_to_quality_benchmark_takes_a_profile(capsys, tmp_path: Path) -> No
     assert bench.main([*args, "--out", str(tmp_path)]) == 0
     (result,) = json.loads((tmp_path / "ttq.json").read_text())
     assert result["precision"] == "bf16" and result["steps"] == 2  # the profile, then the overrides
+    assert result["profile"] == "15min" and result["overrides"] == tiny[1::2]
+    assert result["config"]["train"]["batch_size"] == 16
     assert "sphere-vmf1" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="profile: unknown profile 'nosuch'"):
         bench.main(["--presets", "sphere-vmf1", "--profile", "nosuch", "--out", str(tmp_path)])
@@ -59,7 +61,7 @@ def test_loss_paths_benchmark_smoke(capsys, tmp_path: Path) -> None:
     out = tmp_path / "paths.json"
     args = ["--batch", "64", "--rounds", "1", "--blocks", "256", "4096", "--json", str(out)]
     assert bench.main(args) == 0
-    assert (losses.LOGIT_BLOCK_ELEMENTS, losses.SAVED_WEIGHTS_ELEMENTS) == defaults  # restored
+    assert defaults == (losses.LOGIT_BLOCK_ELEMENTS, losses.SAVED_WEIGHTS_ELEMENTS)  # restored
     assert "best:" in capsys.readouterr().out
     (row,) = json.loads(out.read_text())["results"]
     assert len(row["median_ms"]) == 4  # two block sizes, saved and recomputed
