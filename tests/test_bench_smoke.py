@@ -57,7 +57,7 @@ def test_loss_paths_benchmark_smoke(capsys, tmp_path: Path) -> None:
     import clinvert.losses as losses
 
     defaults = (losses.LOGIT_BLOCK_ELEMENTS, losses.SAVED_WEIGHTS_ELEMENTS)
-    bench = _module("bench_loss_paths")
+    bench = _module("compare_loss_paths")
     out = tmp_path / "paths.json"
     args = ["--batch", "64", "--rounds", "1", "--blocks", "256", "4096", "--json", str(out)]
     assert bench.main(args) == 0

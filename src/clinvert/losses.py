@@ -379,7 +379,7 @@ def _block_grads(
 #: Largest [rows, B] weight matrix (elements) that the bounded "dot" path keeps from its forward for
 #: the backward instead of recomputing it (16 MiB float32: B = 2048 on one process). Below it the
 #: backward is two products against the saved exponentials; above it the memory would cost more
-#: than the product and ``exp`` it saves. Measured in ``benchmarks/bench_loss_paths.py``.
+#: than the product and ``exp`` it saves. Measured in ``benchmarks/compare_loss_paths.py``.
 SAVED_WEIGHTS_ELEMENTS = 1 << 22
 
 #: Largest spread (max - min over a row, plus log B) of the logits for which the bounded "dot" path

@@ -7,7 +7,7 @@ in the backward), alternating the cases round by round in one process so that a 
 them alike. Prints the median milliseconds of each case and the fastest; ``--json`` writes them.
 Not part of ``make bench`` (it chooses the module constants, see ``clinvert.losses``).
 
-    python benchmarks/bench_loss_paths.py [--batch 512 1024 2048 4096 6144] [--rounds 15]
+    python benchmarks/compare_loss_paths.py [--batch 512 1024 2048 4096 6144] [--rounds 15]
 """
 
 from __future__ import annotations
