@@ -426,7 +426,9 @@ class _FusedInfoNCE(torch.autograd.Function):
     Only one [rows, B] block of logits exists at a time (``LOGIT_BLOCK_ELEMENTS``); the backward
     recomputes each block, turns it into softmax weights and contracts them with the inputs, the way
     attention kernels do. Memory O(block B) instead of several [B, B] matrices, and each block's
-    passes run in cache.
+    passes run in cache. The exception is the bounded path at small batches: up to
+    ``SAVED_WEIGHTS_ELEMENTS`` it keeps the forward's exponentials (one [rows, B] matrix) for the
+    backward, where recomputing them cost more than reading them back.
 
     The bounded "dot" path (:func:`_dot_bounds`): when the logits' spread is known to be small, the
     shift (a per-row upper bound instead of the row maximum, and in the backward the log-sum-exp)
@@ -544,7 +546,8 @@ def _bounded_backward(
     Every w_ij >= exp(-BOUNDED_SPAN): no floor is needed and no denormal reaches a product.
     """
     rows = a.shape[0]
-    a_aug, b_aug = _augmented(a, b, bias, lse) if saved is None else (a, b)
+    if saved is None:
+        a_aug, b_aug = _augmented(a, b, bias, lse)
     grad_a = torch.empty_like(a)
     b_t = b.T.contiguous()
     wa_t = a.new_zeros(a.shape[1], b.shape[0])  # sum_i w_ij a_i, transposed: [d, B]
