@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -148,9 +147,10 @@ class Plain:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    """Alternate the three loops for ``args.steps`` rounds after ``args.warmup``; return medians."""
+    """Alternate the loops for ``args.steps`` rounds after ``args.warmup``; return medians."""
     from clinvert.config import validate_config
     from clinvert.runtime import configure_process
+    from clinvert.timing import alternate, medians
 
     configure_process()
     if args.threads:
@@ -169,23 +169,20 @@ def measure(args: argparse.Namespace) -> dict:
             "plain": Plain(cfg, False, args.batch, args.size),
             "plain, channels_last": Plain(cfg, True, args.batch, args.size),
         }
-        seconds: dict[str, list[float]] = {name: [] for name in loops}
-        for round_ in range(total):
-            for name, loop in loops.items():
-                took = loop.step()
-                if round_ >= args.warmup:
-                    seconds[name].append(took)
+        seconds = alternate(
+            {name: loop.step for name, loop in loops.items()}, args.steps, args.warmup
+        )
         ours = loops["clinvert"]  # the phases of the float32 step
-        phases = {k: statistics.median(v[args.warmup :]) for k, v in ours.times.items()}
-    medians = {name: statistics.median(v) for name, v in seconds.items()}
+        phases = medians({k: v[args.warmup :] for k, v in ours.times.items()})
+    med = medians(seconds)
     return {
         "encoder": args.encoder,
         "batch": args.batch,
         "size": args.size,
         "threads": torch.get_num_threads(),
         "steps": args.steps,
-        "seconds": medians,
-        "images_per_second": {k: 2 * args.batch / v for k, v in medians.items()},
+        "seconds": med,
+        "images_per_second": {k: 2 * args.batch / v for k, v in med.items()},
         "phases": phases,
     }
 

@@ -54,9 +54,15 @@ def run_preset(name: str, cfg: RunConfig, budget_s: float, eval_every: int) -> d
         score = trainer.evaluate("eval")[claim.metric]
         eval_s += time.perf_counter() - start
         best = max(best, score)
-        curve.append({"step": trainer.step, "train_seconds": round(train_s, 2), "score": score})
+        point = {"step": trainer.step, "train_seconds": round(train_s, 2), "score": score}
+        shown = ""
+        if trainer.ema is not None:  # the score is the average's: the raw weights' beside it
+            raw = trainer.source.encode(trainer.exp.model, "eval")
+            point["raw_score"] = trainer.source.score(raw, "eval")[claim.metric]
+            shown = f"  (raw weights {point['raw_score']:.4f})"
+        curve.append(point)
         print(
-            f"  {name}: step {trainer.step:6d}  {train_s:7.1f} s  {claim.metric} {score:.4f}",
+            f"  {name}: step {trainer.step:6d}  {train_s:7.1f} s  {claim.metric} {score:.4f}{shown}",
             flush=True,
         )
         if claim.holds(score):

@@ -13,8 +13,8 @@ Not part of ``make bench`` (it chooses the module constants, see ``clinvert.loss
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -28,18 +28,26 @@ def _pairs(batch: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     return a, b
 
 
-def _time(a: torch.Tensor, b: torch.Tensor) -> float:
-    from clinvert.losses import info_nce
+def _case(a: torch.Tensor, b: torch.Tensor, block: int, saved: bool) -> Callable[[], float]:
+    """Forward + backward of the loss with the module constants set for this case; returns seconds
+    (the constants and the leaf copies are set up outside the timed part)."""
+    import clinvert.losses as losses
 
-    x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
-    start = time.perf_counter()
-    info_nce(x, y, similarity="cosine", tau=1.0).backward()
-    return time.perf_counter() - start
+    def run() -> float:
+        losses.LOGIT_BLOCK_ELEMENTS = block
+        losses.SAVED_WEIGHTS_ELEMENTS = a.shape[0] ** 2 if saved else 0
+        x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
+        start = time.perf_counter()
+        losses.info_nce(x, y, similarity="cosine", tau=1.0).backward()
+        return time.perf_counter() - start
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
     """Measure and print; returns the exit status."""
     import clinvert.losses as losses
+    from clinvert.timing import alternate, medians
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[512, 1024, 2048, 4096, 6144])
@@ -57,16 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for batch in args.batch:
             a, b = _pairs(batch, args.dim)
-            cases = [(blk, saved) for blk in args.blocks for saved in (False, True)]
-            times: dict[tuple[int, bool], list[float]] = {c: [] for c in cases}
-            for round_ in range(2 + args.rounds):  # 2 warm-up rounds
-                for blk, saved in cases:
-                    losses.LOGIT_BLOCK_ELEMENTS = blk
-                    losses.SAVED_WEIGHTS_ELEMENTS = batch * batch if saved else 0
-                    seconds = _time(a, b)
-                    if round_ >= 2:
-                        times[(blk, saved)].append(seconds)
-            med = {c: 1000 * statistics.median(v) for c, v in times.items()}
+            cases = {
+                (blk, saved): _case(a, b, blk, saved)
+                for blk in args.blocks
+                for saved in (False, True)
+            }
+            med = {c: 1000 * s for c, s in medians(alternate(cases, args.rounds)).items()}
             best = min(med, key=med.get)
             row = "  ".join(
                 f"{blk >> 10}K {'saved' if saved else 'recomp'} {ms:7.2f}"

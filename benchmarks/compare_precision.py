@@ -11,9 +11,8 @@ stay float32 either way; see ``train.precision``), and writes them to a JSON fil
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import statistics
-import time
 
 import torch
 
@@ -23,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     from clinvert.config import load_config
     from clinvert.io import write_json
     from clinvert.runtime import configure_process
+    from clinvert.timing import alternate, medians
     from clinvert.train import Trainer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -42,15 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     for precision in ("fp32", "bf16"):
         overrides = [*args.set, f"train.precision={precision}", "train.device=cpu"]
         trainers[precision] = Trainer(load_config(args.preset, overrides), progress=False)
-    times: dict[str, list[float]] = {p: [] for p in trainers}
-    for round_ in range(5 + args.steps):  # 5 warm-up rounds
-        for precision, trainer in trainers.items():
-            start = time.perf_counter()
-            trainer.train_step()
-            trainer.step += 1
-            if round_ >= 5:
-                times[precision].append(time.perf_counter() - start)
-    med = {p: statistics.median(v) for p, v in times.items()}
+
+    def step(trainer: Trainer) -> None:
+        trainer.train_step()
+        trainer.step += 1
+
+    cases = {p: functools.partial(step, t) for p, t in trainers.items()}
+    med = medians(alternate(cases, args.steps, warmup=5))
     out = {
         "preset": args.preset,
         "overrides": args.set,

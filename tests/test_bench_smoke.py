@@ -65,3 +65,40 @@ def test_loss_paths_benchmark_smoke(capsys, tmp_path: Path) -> None:
     assert "best:" in capsys.readouterr().out
     (row,) = json.loads(out.read_text())["results"]
     assert len(row["median_ms"]) == 4  # two block sizes, saved and recomputed
+
+
+def test_noise_scale_estimator_is_unbiased_on_known_gradients() -> None:
+    import torch
+
+    bench = _module("noise_scale")
+    # per-pair gradients g_i = G + e_i with |G|^2 = 4 and tr(Sigma) = 3 * 100; a batch's mean has
+    # E|G_B|^2 = 4 + 300 / B
+    gen = torch.Generator().manual_seed(0)
+    mean = torch.tensor([2.0, 0.0, 0.0])
+
+    def sq_norms(batch: int, n: int) -> torch.Tensor:
+        g = mean + 10 * torch.randn(n, batch, 3, generator=gen, dtype=torch.float64)
+        return g.mean(1).pow(2).sum(1)
+
+    est = bench.noise_scale(sq_norms(8, 20000), sq_norms(256, 20000), 8, 256)
+    # standard errors over 20000 batches: about 2 for tr(Sigma), 0.02 for |G|^2, 1 for B_noise
+    assert abs(est["trace_covariance"] - 300) < 15
+    assert abs(est["true_gradient_sq_norm"] - 4) < 0.5
+    assert 60 < est["b_noise"] < 90  # 75 in expectation
+
+
+def test_noise_scale_benchmark_smoke(capsys, tmp_path: Path) -> None:
+    from clinvert.config import validate_config
+    from clinvert.train import train
+    from small_configs import box_l1
+
+    train(validate_config(box_l1(3, 16, 32, 2)), tmp_path / "run", progress=False)
+    bench = _module("noise_scale")
+    args = ["--small", "8", "--big", "32", "--small-batches", "3", "--big-batches", "2"]
+    out = tmp_path / "ns.json"
+    assert bench.main([str(tmp_path / "run" / "checkpoint.pt"), *args, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["step"] == 2 and result["small"] == 8 and "b_noise" in result
+    assert "B_noise" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="checkpoint"):
+        bench.main([str(tmp_path / "nosuch.pt")])

@@ -23,7 +23,7 @@ import torch
 from clinvert import metrics
 from clinvert.config import read_run_config, validate_config
 from clinvert.errors import ConfigError
-from clinvert.rundir import CHECKPOINT, load_checkpoint
+from clinvert.rundir import CHECKPOINT, load_checkpoint, trained_weights
 
 RESULT = "result.json"
 
@@ -86,7 +86,7 @@ def encode_test_set(run: Path) -> tuple[np.ndarray, np.ndarray, str, dict[str, A
     exp = build_experiment(cfg, device)
     try:
         state = load_checkpoint(run / CHECKPOINT, device)
-        exp.model.load_state_dict(state["model"])
+        exp.model.load_state_dict(trained_weights(state))
         exp.model.eval()
         z = exp.source.latents("test")
         if z is None:

@@ -188,6 +188,10 @@ class TrainConfig(_Section):
     #: ``rows``, each rank its own anchors' rows against all positives (B x B / N per rank, and an
     #: all-reduce of the positives' gradients in the backward). No effect in one process.
     distributed_loss: Literal["replicated", "rows"] = "replicated"
+    #: Decay of an exponential moving average of the weights (Polyak averaging), updated after every
+    #: optimiser step: evaluation, the results and the saved model use the average, which smooths
+    #: the step-to-step noise of small batches (e.g. 0.999: about the last 1000 steps). None: off.
+    ema: Annotated[float, Field(gt=0, lt=1)] | None = None
 
 
 class EvalConfig(_Section):
@@ -253,9 +257,9 @@ class RunConfig(_Section):
         """Plain, YAML-ready dictionary of the full resolved config.
 
         Synthetic runs leave out ``data``, runs without a ResNet leave out ``model.stem``, and
-        sections and fields at their defaults that came later (``log``, ``model.self_negative``)
-        are left out too, so resolved configs read as they did before those options existed and
-        old run directories stay resumable.
+        sections and fields at their defaults that came later (``log``, ``model.self_negative``,
+        ``train.ema``) are left out too, so resolved configs read as they did before those options
+        existed and old run directories stay resumable.
         """
         out = self.model_dump(mode="json")
         if self.data == SyntheticData():
@@ -272,6 +276,8 @@ class RunConfig(_Section):
             del out["train"]["slowvae"]
         if self.log == LogConfig():
             del out["log"]
+        if self.train.ema is None:
+            del out["train"]["ema"]
         if not self.plugins:
             del out["plugins"]
         return out

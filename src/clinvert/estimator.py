@@ -39,7 +39,7 @@ from clinvert.errors import ConfigError
 from clinvert.experiment import build_experiment, init_model, resolve_device
 from clinvert.io import save_torch
 from clinvert.provenance import version
-from clinvert.rundir import CHECKPOINT, load_checkpoint
+from clinvert.rundir import CHECKPOINT, load_checkpoint, trained_weights
 
 #: Format tag of a saved estimator.
 FORMAT = "clinvert-estimator/1"
@@ -278,7 +278,7 @@ class ContrastiveEncoder(TransformerMixin, BaseEstimator):
             result = trainer.run()
         if result["status"] != "finished":
             raise RuntimeError(f"ContrastiveEncoder.fit: {result.get('error')}")
-        self.model_ = experiment.model.eval()
+        self.model_ = trainer.eval_model.eval()
         self.config_ = cfg
         self.input_shape_ = tuple(source.x.shape[1:])
         self.observations_ = observations
@@ -420,7 +420,7 @@ def load(path: str | Path, device: str = "cpu") -> ContrastiveEncoder:
         shape = [3] if cfg.data.source == "threedident" else None
         if cfg.data.source == "synthetic":
             shape = [cfg.latent.dim]
-        restored = _restore(estimator, cfg, state["model"], shape, kind, dev)
+        restored = _restore(estimator, cfg, trained_weights(state), shape, kind, dev)
         restored.run_dir_ = path
         return restored
     state = load_checkpoint(path, dev, what="estimator")

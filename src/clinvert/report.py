@@ -134,13 +134,13 @@ def recovered_latents(run: Path, samples: int = 2000) -> tuple[np.ndarray, np.nd
     """Fresh latents z and the encoder's f(g(z)) for a finished run directory."""
     from clinvert.data.sources import STREAM_TEST, derive_seed, encode, make_generator
     from clinvert.experiment import build_experiment
-    from clinvert.rundir import load_checkpoint
+    from clinvert.rundir import load_checkpoint, trained_weights
 
     cfg = validate_config(read_run_config(run))
     device = torch.device("cpu")
     exp = build_experiment(cfg, device)
     state = load_checkpoint(run / "checkpoint.pt", device)
-    exp.model.load_state_dict(state["model"])
+    exp.model.load_state_dict(trained_weights(state))
     gen = make_generator(derive_seed(cfg.train.seed, STREAM_TEST), device)
     z = exp.process.sample_marginal(samples, gen, device)
     h = encode(exp.model, exp.mixing(z))

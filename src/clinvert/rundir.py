@@ -61,6 +61,13 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", what: str = "ch
     return state
 
 
+def trained_weights(state: dict) -> dict:
+    """The model state a checkpoint's user should evaluate: the moving average of the weights when
+    the run had ``train.ema``, else the trained weights."""
+    ema = state.get("ema")
+    return ema["model"] if ema else state["model"]
+
+
 def check_run_dir(out: Path, force: bool) -> None:
     """Refuse to overwrite a finished run unless ``force``; refuse a path that is a file."""
     if out.exists() and not out.is_dir():

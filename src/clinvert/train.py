@@ -41,6 +41,8 @@ from clinvert.data.sources import (  # noqa: F401 - re-exported for scripts of e
     make_generator,
     score,
 )
+from clinvert.ema import WeightEMA
+from clinvert.errors import ConfigError
 from clinvert.experiment import (  # noqa: F401 - re-exported
     Experiment,
     build_experiment,
@@ -130,6 +132,8 @@ class Trainer:
         )
         self._fault = bool(os.environ.get(distributed.FAULT_ENV))
         self.optimizer = make_optimizer(cfg, self.exp.model)
+        #: the weights' moving average (``train.ema``): what evaluation and results use
+        self.ema = WeightEMA(self.exp.model, cfg.train.ema) if cfg.train.ema else None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, cfg)
         )
@@ -168,7 +172,15 @@ class Trainer:
             bad = torch.where(bad == 0, grad_bad.long() * BAD_GRAD, bad)
         self.optimizer.step()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.exp.model)
         return loss.detach(), bad
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The encoder that evaluation, results and saved models use: the moving average of the
+        weights with ``train.ema``, else the trained weights themselves."""
+        return self.ema.module if self.ema is not None else self.exp.model
 
     def _encode(self, x: Tensor) -> Tensor:
         """f(x) for training, under ``train.precision``'s autocast (outputs in float32)."""
@@ -227,7 +239,7 @@ class Trainer:
 
     def evaluate(self, split: str = "eval") -> dict[str, Any]:
         """Scores of the current encoder on the source's ``split`` set (never a training batch)."""
-        h = self.source.encode(self.exp.model, split)
+        h = self.source.encode(self.eval_model, split)
         if not torch.isfinite(h).all():
             raise RunFailed(f"non-finite encoder output at step {self.step}")
         return self.source.score(h, split)
@@ -247,11 +259,19 @@ class Trainer:
             "loss_sum": float(self.loss_sum),
             "loss_count": self.loss_count,
             "torch_version": str(torch.__version__),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
         """Restore a checkpoint; returns the number of metrics rows it covers."""
         self.exp.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise ConfigError(
+                    "train.ema: the checkpoint has no weight average (it was written without "
+                    "train.ema); resume with the run's own config"
+                )
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
@@ -398,7 +418,7 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "wall_seconds": round(self.wall_seconds, 3),
         }
-        head = getattr(self.exp.model, "head", None)
+        head = getattr(self.eval_model, "head", None)
         if hasattr(head, "log_radius"):
             row["radius"] = float(head.log_radius.exp())
         self.rows.append(row)
