@@ -126,6 +126,19 @@ def test_same_seed_same_codes_and_save_load_is_identical(pairs, tmp_path: Path) 
     assert loaded.get_params()["p"] == 1 and loaded.get_params()["output"] == "box"
 
 
+def test_ema_estimator_holds_the_average_and_saves_it(pairs, tmp_path: Path) -> None:
+    x, x_pos, x_test, _ = pairs
+    plain = small(steps=30).fit(x, x_pos)
+    avg = small(steps=30, ema=0.9).fit(x, x_pos)
+    assert avg.config_.train.ema == 0.9
+    assert not np.array_equal(avg.transform(x_test), plain.transform(x_test))
+    loaded = load(avg.save(tmp_path / "enc.pt"))
+    assert loaded.get_params()["ema"] == 0.9
+    np.testing.assert_array_equal(loaded.transform(x_test), avg.transform(x_test))
+    with pytest.raises(ConfigError, match="^ema: "):
+        small(ema=1.5).fit(x, x_pos)
+
+
 def test_images_use_the_conv_encoder_and_channels_last_input(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     yy, xx = np.mgrid[0:16, 0:16] / 15.0

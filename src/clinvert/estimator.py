@@ -64,6 +64,7 @@ _FIELDS = {
     "train.warmup_steps": "warmup_steps",
     "train.seed": "random_state",
     "train.device": "device",
+    "train.ema": "ema",
     "data.max_delta_t": "max_delta_t",
 }
 #: Rows per forward pass in :meth:`ContrastiveEncoder.transform` (vectors / images).
@@ -122,6 +123,8 @@ class ContrastiveEncoder(TransformerMixin, BaseEstimator):
         random_state: seed of the weights and of the batches (int; None draws one).
         verbose: show the progress bar.
         callbacks: :class:`clinvert.Callback` objects called during ``fit`` (loggers).
+        ema: decay of a moving average of the weights (e.g. 0.999), which ``model_`` then holds
+            (``train.ema``); None: the trained weights themselves.
 
     Attributes:
         model_: (after ``fit``) the trained ``torch.nn.Module`` (input norm, encoder, head).
@@ -153,6 +156,7 @@ class ContrastiveEncoder(TransformerMixin, BaseEstimator):
         random_state: int | None = 0,
         verbose: bool = True,
         callbacks: Sequence[Any] | None = None,
+        ema: float | None = None,
     ) -> None:
         self.output_dim = output_dim
         self.similarity = similarity
@@ -175,6 +179,7 @@ class ContrastiveEncoder(TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
+        self.ema = ema
 
     # ----- configuration -----------------------------------------------------------------------
     def _config(self, observations: str, eval_every: int) -> Any:
@@ -225,6 +230,7 @@ class ContrastiveEncoder(TransformerMixin, BaseEstimator):
                 "seed": seed,
                 "device": self.device,
                 "checkpoint_every": max(1, self.steps),
+                "ema": self.ema,
             },
             "eval": {"every": max(1, eval_every)},
             "data": {"source": "arrays", "max_delta_t": self.max_delta_t},
@@ -460,4 +466,5 @@ def _params_of(cfg: Any) -> dict[str, Any]:
         "input_norm": m.input_norm,
         "random_state": t.seed,
         "max_delta_t": getattr(cfg.data, "max_delta_t", 1),
+        "ema": t.ema,
     }
