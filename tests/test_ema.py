@@ -14,23 +14,15 @@ from clinvert.cli import main
 from clinvert.config import ConfigError, validate_config
 from clinvert.ema import WeightEMA
 from clinvert.rundir import load_checkpoint
-
-TINY = {
-    "latent": {
-        "dim": 4,
-        "space": "box",
-        "marginal": {"name": "uniform"},
-        "conditional": {"name": "laplace", "scale": 0.1},
-    },
-    "model": {"output": "box", "similarity": "lp", "p": 1.0, "widths": [4, 4]},
-    "train": {"batch_size": 64, "steps": 20, "lr": 1e-2, "device": "cpu", "checkpoint_every": 10},
-    "eval": {"every": 10, "samples": 256},
-}
+from small_configs import box_l1
 
 
-def _config(tmp_path: Path, name: str, **train) -> Path:
+def _config(tmp_path: Path, name: str, steps: int = 20, **train) -> Path:
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], **train}}))
+    cfg = box_l1(
+        4, 8, 64, steps, eval_every=10, lr=1e-2, device="cpu", checkpoint_every=10, **train
+    )
+    path.write_text(yaml.safe_dump(cfg))
     return path
 
 
