@@ -44,8 +44,9 @@ class WeightEMA:
         self.updates += 1
 
     def state_dict(self) -> dict[str, Any]:
-        """The averaged model's state (parameters and buffers) and the number of updates."""
-        return {"model": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
+        """The averaged model's state (parameters and buffers) and the number of updates (the decay
+        is the run's ``train.ema``, in its config)."""
+        return {"model": self.module.state_dict(), "updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output."""
