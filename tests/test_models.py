@@ -90,3 +90,23 @@ def test_blockwise_mlp_is_used_only_where_it_applies() -> None:
     assert not relu.blockwise and relu(x).grad_fn.name() != "_BlockwiseMLPBackward"
     with pytest.raises(ValueError, match="negative_slope"):
         blockwise_mlp(x, [enc.net[0].weight], [enc.net[0].bias], 0.0, 4)
+
+
+def test_conv_encoders_shapes_parameters_and_batch_norm() -> None:
+    """``conv`` is SlowVAE's encoder unchanged; ``conv-wide`` doubles its channels and adds BatchNorm
+    (whose running statistics make eval-mode outputs independent of the rest of the batch)."""
+    from clinvert.models.conv import ConvEncoder
+
+    conv = make_model(3, 10, "unbounded", encoder="conv", input_norm="none")
+    wide = make_model(3, 10, "unbounded", encoder="conv-wide", input_norm="none")
+    assert sum(p.numel() for p in conv.parameters()) == 381_386
+    assert sum(p.numel() for p in wide.parameters()) == 1_516_810
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in conv.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in wide.modules()) == 4
+    for size in (8, 48, 64, 96):
+        x = torch.rand(4, 3, size, size)
+        assert conv(x).shape == wide(x).shape == (4, 10)
+    wide.eval()
+    x = torch.rand(4, 3, 64, 64)
+    assert torch.allclose(wide(x)[:2], wide(x[:2]), atol=1e-6)
+    assert ConvEncoder(1, 6, channels=(8, 16), hidden=32)(torch.rand(2, 1, 32, 32)).shape == (2, 6)

@@ -77,7 +77,7 @@ def test_registry_names_register_and_refuse_duplicates() -> None:
     with pytest.raises(RegistryError, match=r"^model.widget: unknown name 'b', allowed: a$"):
         reg.get("b")
     assert set(SOURCES.names()) >= {"synthetic", "threedident", "arrays"}
-    assert set(ENCODERS.names()) >= {"mlp", "resnet18", "conv"}
+    assert set(ENCODERS.names()) >= {"mlp", "resnet18", "conv", "conv-wide"}
 
 
 @pytest.mark.parametrize("self_negative", [False, True])

@@ -1,7 +1,7 @@
 """Encoders and output heads, each through a registry keyed by its config name.
 
-* ``ENCODERS`` (``model.encoder``): ``mlp`` (vectors), ``resnet18`` and ``conv`` (images); an entry
-  is an :class:`EncoderSpec`: how to build it and what it encodes.
+* ``ENCODERS`` (``model.encoder``): ``mlp`` (vectors), ``resnet18``, ``conv`` and ``conv-wide``
+  (images); an entry is an :class:`EncoderSpec`: how to build it and what it encodes.
 * ``HEADS`` (``model.output``): ``sphere``, ``box``, ``unbounded`` (:mod:`clinvert.models.heads`).
 
 A user's encoder is one function and one line::
@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from clinvert.models.conv import ConvEncoder
+from clinvert.models.conv import ConvEncoder, wide_conv_encoder
 from clinvert.models.heads import BoxHead, SphereHead, UnboundedHead
 from clinvert.models.input_norm import INPUT_NORMS, ChannelNorm, InputNorm
 from clinvert.models.mlp import PAPER_WIDTHS, MLPEncoder
@@ -66,6 +66,7 @@ def register_encoder(
 ENCODERS.register("mlp", EncoderSpec(MLPEncoder, "vector"))
 ENCODERS.register("resnet18", EncoderSpec(ResNet18Encoder, "image"))
 ENCODERS.register("conv", EncoderSpec(ConvEncoder, "image"))
+ENCODERS.register("conv-wide", EncoderSpec(wide_conv_encoder, "image"))
 
 
 def image_encoders() -> list[str]:
@@ -105,8 +106,8 @@ def make_model(
     """Build encoder + head from config names. ``scale`` is the sphere radius, the box bound or
     the unbounded output's scale (each learnable with ``learnable_scale``).
 
-    For an image encoder (``resnet18``, ``conv``) ``in_dim`` is the number of channels, ``widths``
-    is unused, ``stem`` picks the ResNet stem and ``input_norm`` is per-channel
+    For an image encoder (``resnet18``, ``conv``, ``conv-wide``) ``in_dim`` is the number of
+    channels, ``widths`` is unused, ``stem`` picks the ResNet stem and ``input_norm`` is per-channel
     (:class:`ChannelNorm`).
     """
     spec: EncoderSpec = ENCODERS.get(encoder)
