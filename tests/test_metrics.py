@@ -136,3 +136,26 @@ def test_random_codes_fool_mcc_with_many_outputs_but_not_alignment() -> None:
     np.testing.assert_array_equal(again["mcc"], wide["mcc"])
     with pytest.raises(ValueError, match="outputs and trials"):
         random_code_scores(z, outputs=0)
+
+
+def test_r2_by_bins_splits_the_held_out_error_of_one_fit() -> None:
+    """Noise that grows with a covariate shows in the late bins only; the bins' errors add up to
+    the overall one (sample-weighted), and a single bin is :func:`r2_per_dim` itself."""
+    from clinvert.metrics import r2_per_dim, r2_per_dim_by_bins
+
+    rng = np.random.default_rng(0)
+    z = rng.uniform(-1, 1, size=(4000, 3))
+    by = np.abs(z[:, 1])
+    h = z + rng.normal(size=z.shape) * np.where(by > 0.8, 0.5, 0.02)[:, None]
+    edges = (0.0, 0.4, 0.8, 1.0)
+    r2s, counts = r2_per_dim_by_bins(z, h, by, edges)
+    assert counts.sum() == 2000 and r2s.shape == (3, 3)
+    assert (r2s[:2] > 0.95).all() and (r2s[2] < 0.6).all()
+    whole = r2_per_dim(z, h)
+    weighted = 1 - (counts[:, None] * (1 - r2s)).sum(0) / counts.sum()
+    np.testing.assert_allclose(weighted, whole, rtol=0, atol=1e-12)  # one variance for all bins
+    single, n = r2_per_dim_by_bins(z, h, by, (0.0, 1.0))
+    np.testing.assert_allclose(single[0], whole, rtol=0, atol=1e-12)
+    assert n.tolist() == [2000]
+    with pytest.raises(ValueError, match="edges"):
+        r2_per_dim_by_bins(z, h, by, (0.5, 0.5))

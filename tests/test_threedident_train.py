@@ -291,6 +291,16 @@ def test_train_on_images_writes_the_run_directory_and_resumes_exactly(toy, tmp_p
     assert main(["threedident", "curves", str(run), str(tmp_path / "part"), "--out", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert main(["threedident", "curves", str(tmp_path / "nothing"), "--out", str(png)]) == 2
+    # the rotations' R² per bin of |beta|: five bins and the whole, whose R² is the run's own
+    gimbal = tmp_path / "gimbal.md"
+    assert main(["threedident", "gimbal", str(run), "--out", str(gimbal)]) == 0
+    rows = gimbal.read_text().splitlines()
+    assert len(rows) == 2 + 6 and rows[-2].startswith("| full | [0.9, 1] | ")
+    whole = [float(c.strip(" *")) for c in rows[-1].split("|")[4:7]]
+    ours = [final["r2_per_factor"][f] for f in ("rot_alpha", "rot_beta", "rot_gamma")]
+    assert whole == pytest.approx(ours, abs=5.1e-4)  # printed to three decimals
+    assert rows[-1].startswith("| full | all | 48 |")  # the scored half of the 96
+    assert main(["threedident", "gimbal", str(tmp_path / "nothing")]) == 2
 
     # The run directory as a fitted estimator: the dataset's uint8 [N, S, S, 3] images in, the codes
     # the run scored out (its final R² again).

@@ -366,7 +366,7 @@ def _cmd_kitti(args: argparse.Namespace) -> int:
 
 
 def _add_threedident(sub: argparse._SubParsersAction) -> None:
-    """The ``threedident`` command group (``render``, ``table``, ``grid``, ``curves``)."""
+    """The ``threedident`` command group (``render``, ``table``, ``grid``, ``curves``, ``gimbal``)."""
     p = sub.add_parser(
         "threedident",
         help="3DIdent data: render the teapot dataset, tabulate runs",
@@ -443,6 +443,20 @@ def _add_threedident(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("runs", nargs="+", metavar="RUN", help="run directories (with metrics.jsonl)")
     c.add_argument("--out", required=True, help="PNG file to write")
+    gb = group.add_parser(
+        "gimbal",
+        help="R² of the three rotations per bin of |beta| (distance from gimbal lock)",
+        description=(
+            "Re-apply each finished 3DIdent run's encoder to its held-out images and print the "
+            "held-out R² of rot_alpha, rot_beta and rot_gamma per bin of |beta|: near |beta| = 1 "
+            "(pi/2) the Euler angles alpha and gamma turn about one axis and only their sum or "
+            "difference shows in the image."
+        ),
+        epilog="example:\n  clinvert threedident gimbal runs/a runs/b --out gimbal.md\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    gb.add_argument("runs", nargs="+", metavar="RUN", help="finished 3DIdent run directories")
+    gb.add_argument("--out", help="write the table to this file (default: print it)")
 
 
 def demo_config_path() -> Path:
@@ -664,15 +678,16 @@ def _cmd_configs(args: argparse.Namespace) -> int:
 
 
 def _cmd_threedident(args: argparse.Namespace) -> int:
-    if args.threedident_command == "table":
-        from clinvert.data.threedident.summary import markdown_table
+    if args.threedident_command in ("table", "gimbal"):
+        from clinvert.data.threedident.summary import gimbal_table, markdown_table
 
-        table = markdown_table(args.runs)
+        make = markdown_table if args.threedident_command == "table" else gimbal_table
+        table = make(args.runs)
         if args.out:
             from clinvert.io import write_text
 
             write_text(Path(args.out), table)
-            print(f"table: {args.out}")
+            print(f"{args.threedident_command}: {args.out}")
         else:
             print(table, end="")
         return 0

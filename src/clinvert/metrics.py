@@ -85,6 +85,44 @@ def knn_r2_per_dim(z: ArrayLike, h: ArrayLike, k: int = 10, seed: int = 0) -> np
     return np.atleast_1d(r2_score(z_[test], model.predict(hs[test]), multioutput="raw_values"))
 
 
+def r2_per_dim_by_bins(
+    z: ArrayLike, h: ArrayLike, by: ArrayLike, edges: ArrayLike, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out R^2 of :func:`r2_per_dim`'s affine fit, per bin of a covariate ``by``.
+
+    The same random halves as :func:`r2_per_dim`; the fit uses the whole fit half, and each test
+    sample falls in the bin ``edges[i] <= by < edges[i + 1]`` (the last bin includes its upper
+    edge). A bin's R^2 is ``1 - MSE_bin / Var(z)`` with the variance of the whole test half, so the
+    bins share one scale and their sample-weighted mean of ``1 - R^2`` is the overall ``1 - R^2``.
+
+    Returns:
+        (r2 [n_bins, n], counts [n_bins]); a bin without test samples has NaN R^2.
+    """
+    z_, h_ = _pair(z, h)
+    by_ = np.asarray(by, dtype=np.float64).reshape(-1)
+    edges_ = np.asarray(edges, dtype=np.float64).reshape(-1)
+    if by_.shape[0] != z_.shape[0]:
+        raise ValueError(f"by needs one value per sample, got {by_.shape[0]} for {z_.shape[0]}")
+    if edges_.size < 2 or not np.all(np.diff(edges_) > 0):
+        raise ValueError(f"edges must be at least two increasing values, got {edges_.tolist()}")
+    order = np.random.default_rng(seed).permutation(z_.shape[0])
+    half = z_.shape[0] // 2
+    fit, test = order[:half], order[half:]
+    model = LinearRegression().fit(h_[fit], z_[fit])
+    err = (model.predict(h_[test]) - z_[test]) ** 2
+    var = z_[test].var(0)
+    which = np.clip(np.searchsorted(edges_, by_[test], side="right") - 1, 0, edges_.size - 2)
+    inside = (by_[test] >= edges_[0]) & (by_[test] <= edges_[-1])
+    r2s = np.full((edges_.size - 1, z_.shape[1]), np.nan)
+    counts = np.zeros(edges_.size - 1, dtype=int)
+    for b in range(edges_.size - 1):
+        mask = inside & (which == b)
+        counts[b] = int(mask.sum())
+        if counts[b]:
+            r2s[b] = 1.0 - err[mask].mean(0) / np.where(var > 0, var, 1.0)
+    return r2s, counts
+
+
 def r2(z: ArrayLike, h: ArrayLike, seed: int = 0) -> float:
     """Held-out affine R^2 from h to z, averaged over the latent dimensions (1 = affine inverse)."""
     return float(np.mean(r2_per_dim(z, h, seed)))

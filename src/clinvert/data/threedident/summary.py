@@ -184,3 +184,77 @@ def plot_factor_curves(runs: list[str | Path], out: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_png(out, fig, dpi=90)
     return out
+
+
+#: Bins of |beta| (the middle Euler angle, in latent units) for :func:`gimbal_table`: beta = ±1 is
+#: ±pi/2, where alpha and gamma turn about one axis and only their sum or difference shows.
+GIMBAL_EDGES = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+def _encode_test_images(run: Path, cfg: Any) -> tuple[Any, Any]:
+    """The run's trained encoder applied to its held-out images: (z [M, 10], h [M, d])."""
+    import numpy as np
+    import torch
+
+    from clinvert.data.images import images_to_float, load_image_dataset
+    from clinvert.estimator import load
+
+    estimator = load(run)
+    test = load_image_dataset(cfg.data.test_dir)
+    count = min(cfg.eval.samples, len(test))
+    codes = []
+    for i in range(0, count, 500):
+        x = images_to_float(np.asarray(test.images[i : min(i + 500, count)]))
+        if cfg.data.size is not None and tuple(x.shape[-2:]) != (cfg.data.size,) * 2:
+            x = torch.nn.functional.interpolate(
+                x, size=(cfg.data.size,) * 2, mode="bilinear", antialias=True, align_corners=False
+            )
+        codes.append(estimator.transform(x))
+    return np.asarray(test.latents[:count], dtype=np.float64), np.concatenate(codes)
+
+
+def gimbal_table(runs: list[str | Path], edges: tuple[float, ...] = GIMBAL_EDGES) -> str:
+    """Markdown table: each run's held-out R² of the three rotations per bin of |beta|.
+
+    The rotation latents are Euler angles (R = Rz(gamma) Ry(beta) Rx(alpha), each in [-pi/2, pi/2]
+    as in the paper's 3DIdent); as |beta| nears pi/2 (latent ±1) alpha and gamma turn about one axis
+    and only their sum or difference changes the image, so no encoder can recover them one by one
+    there. The table shows how much of a run's rotation error sits near that lock. Each run's
+    encoder is re-applied to its ``data.test_dir`` (the first ``eval.samples`` images, as in
+    training) and scored by :func:`clinvert.metrics.r2_per_dim_by_bins` (the same halves as the
+    run's own R²; each bin on the scale of the whole test half's variance).
+
+    Raises:
+        ConfigError: one line for a run that is not a finished box-mode 3DIdent run.
+    """
+    from clinvert.metrics import r2_per_dim_by_bins
+
+    rotations = [FACTORS.index(f) for f in ("rot_alpha", "rot_beta", "rot_gamma")]
+    beta = FACTORS.index("rot_beta")
+    lines = [
+        "| run | abs(β) bin | scored images | rot_alpha | rot_beta | rot_gamma |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        run = Path(run)
+        if not (run / "config.yaml").is_file():
+            raise ConfigError(f"run: {run} is not a run directory (no config.yaml)")
+        cfg = validate_config(read_run_config(run))
+        if cfg.data.source != "threedident":
+            raise ConfigError(f"run: {run} is not a 3DIdent run (data.source {cfg.data.source})")
+        manifest = _manifest(cfg.data.test_dir)
+        if manifest.get("mode", "box") != "box":
+            raise ConfigError(
+                f"run: {run} was tested on periodic-mode latents; the |beta| bins need box mode"
+            )
+        z, h = _encode_test_images(run, cfg)
+        r2s, counts = r2_per_dim_by_bins(z, h, abs(z[:, beta]), edges)
+        total, _ = r2_per_dim_by_bins(z, h, abs(z[:, beta]), (edges[0], edges[-1]))
+        for b, count in enumerate(counts):
+            cells = " | ".join(f"{r2s[b, i]:.3f}" for i in rotations)
+            close = "]" if b == len(counts) - 1 else ")"
+            label = f"[{edges[b]:g}, {edges[b + 1]:g}{close}"
+            lines.append(f"| {run.name} | {label} | {count} | {cells} |")
+        cells = " | ".join(f"**{total[0, i]:.3f}**" for i in rotations)
+        lines.append(f"| {run.name} | all | {int(counts.sum())} | {cells} |")
+    return "\n".join(lines) + "\n"
