@@ -1,7 +1,7 @@
 """Image training step: where the time goes, and images per second against a plain torch loop.
 
-Both sides train the same encoder (ResNet-18 with the ImageNet stem, or the small ``conv`` encoder)
-on the same batch size and image size with InfoNCE and Adam, measured alternately in one process
+Both sides train the same encoder (ResNet-18 with the ImageNet stem, ``conv`` or ``conv-wide``) on
+the same batch size and image size with InfoNCE and Adam, measured alternately in one process
 (the machine's drift hits both alike):
 
 * **clinvert**: ``Trainer.train_step`` on a 3DIdent-format dataset (random pixels and latents: the
@@ -16,7 +16,7 @@ plain loop with ``channels_last`` memory format beside it (they decide whether b
 channels-last pay on this CPU). ``--smoke`` runs a few tiny steps (the test suite does, so the
 script keeps working).
 
-Run: python benchmarks/bench_image_step.py [--encoder resnet18|conv] [--batch 64] [--size 64]
+Run: python benchmarks/bench_image_step.py [--encoder resnet18|conv|conv-wide] [--batch 64] [--size 64]
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def report(out: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--encoder", default="resnet18", choices=("resnet18", "conv"))
+    parser.add_argument("--encoder", default="resnet18", choices=("resnet18", "conv", "conv-wide"))
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)

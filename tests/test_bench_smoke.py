@@ -18,7 +18,7 @@ def _module(name: str):
     return module
 
 
-@pytest.mark.parametrize("encoder", ["resnet18", "conv"])
+@pytest.mark.parametrize("encoder", ["resnet18", "conv", "conv-wide"])
 def test_image_step_benchmark_smoke(encoder, capsys, tmp_path: Path) -> None:
     bench = _module("bench_image_step")
     out = tmp_path / "m.json"

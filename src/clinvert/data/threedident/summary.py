@@ -204,7 +204,7 @@ def _encode_test_images(run: Path, cfg: Any) -> tuple[Any, Any]:
     count = min(cfg.eval.samples, len(test))
     codes = []
     for i in range(0, count, 500):
-        x = images_to_float(np.asarray(test.images[i : min(i + 500, count)]))
+        x = images_to_float(np.array(test.images[i : min(i + 500, count)]))  # a writable copy
         if cfg.data.size is not None and tuple(x.shape[-2:]) != (cfg.data.size,) * 2:
             x = torch.nn.functional.interpolate(
                 x, size=(cfg.data.size,) * 2, mode="bilinear", antialias=True, align_corners=False
