@@ -294,6 +294,32 @@ def test_two_processes_train_as_one_process_with_the_same_global_batch(
     _same_run(rows, one, rel=1e-5)
 
 
+def test_torchrun_trains_the_run_of_nproc(two_process_run, tmp_path: Path) -> None:
+    """The cluster entry point: torchrun (torch.distributed.run) starting ``-m clinvert train``
+    trains exactly the run that ``--nproc 2`` trains."""
+    cfg, two = two_process_run
+    out = tmp_path / "torchrun"
+    env = {k: v for k, v in os.environ.items() if k != distributed.FAULT_ENV}
+    env["OMP_NUM_THREADS"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-port", str(_free_port()), "-m", "clinvert", "train", str(cfg), "--out", str(out),
+         "--quiet"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "result.json").read_text())["processes"] == 2
+    _same_run(two, out, rel=1e-6)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_a_killed_rank_stops_the_run_in_one_line_and_it_resumes_exactly(
     two_process_run, tmp_path: Path
 ) -> None:
