@@ -448,9 +448,9 @@ def _add_threedident(sub: argparse._SubParsersAction) -> None:
         help="R² of the three rotations per bin of |beta| (distance from gimbal lock)",
         description=(
             "Re-apply each finished 3DIdent run's encoder to its held-out images and print the "
-            "held-out R² of rot_alpha, rot_beta and rot_gamma per bin of |beta|: near |beta| = 1 "
+            "held-out R² of rot_alpha, rot_beta and rot_gamma per bin of |beta|: at |beta| = 1 "
             "(pi/2) the Euler angles alpha and gamma turn about one axis and only their sum or "
-            "difference shows in the image."
+            "difference shows in the image (gimbal lock); near it they are hard to tell apart."
         ),
         epilog="example:\n  clinvert threedident gimbal runs/a runs/b --out gimbal.md\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
