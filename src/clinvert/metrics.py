@@ -53,15 +53,19 @@ def _pair(z: ArrayLike, h: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     return z_, h_
 
 
+def _halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out scores' random split of n samples (``seed``): (fit indices, test indices)."""
+    order = np.random.default_rng(seed).permutation(n)
+    return order[: n // 2], order[n // 2 :]
+
+
 def r2_per_dim(z: ArrayLike, h: ArrayLike, seed: int = 0) -> np.ndarray:
     """Held-out R^2 of an affine fit from h to each latent dimension of z, shape [n].
 
     The samples are split at random (``seed``) into two halves: fit on one, score on the other.
     """
     z_, h_ = _pair(z, h)
-    order = np.random.default_rng(seed).permutation(z_.shape[0])
-    half = z_.shape[0] // 2
-    fit, test = order[:half], order[half:]
+    fit, test = _halves(z_.shape[0], seed)
     model = LinearRegression().fit(h_[fit], z_[fit])
     return np.atleast_1d(r2_score(z_[test], model.predict(h_[test]), multioutput="raw_values"))
 
@@ -76,12 +80,10 @@ def knn_r2_per_dim(z: ArrayLike, h: ArrayLike, k: int = 10, seed: int = 0) -> np
     z_, h_ = _pair(z, h)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    order = np.random.default_rng(seed).permutation(z_.shape[0])
-    half = z_.shape[0] // 2
-    fit, test = order[:half], order[half:]
+    fit, test = _halves(z_.shape[0], seed)
     mean, std = h_[fit].mean(0), h_[fit].std(0)
     hs = (h_ - mean) / np.where(std > 0, std, 1.0)
-    model = KNeighborsRegressor(n_neighbors=min(k, half)).fit(hs[fit], z_[fit])
+    model = KNeighborsRegressor(n_neighbors=min(k, len(fit))).fit(hs[fit], z_[fit])
     return np.atleast_1d(r2_score(z_[test], model.predict(hs[test]), multioutput="raw_values"))
 
 
@@ -105,9 +107,7 @@ def r2_per_dim_by_bins(
         raise ValueError(f"by needs one value per sample, got {by_.shape[0]} for {z_.shape[0]}")
     if edges_.size < 2 or not np.all(np.diff(edges_) > 0):
         raise ValueError(f"edges must be at least two increasing values, got {edges_.tolist()}")
-    order = np.random.default_rng(seed).permutation(z_.shape[0])
-    half = z_.shape[0] // 2
-    fit, test = order[:half], order[half:]
+    fit, test = _halves(z_.shape[0], seed)
     model = LinearRegression().fit(h_[fit], z_[fit])
     err = (model.predict(h_[test]) - z_[test]) ** 2
     var = z_[test].var(0)

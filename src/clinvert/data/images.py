@@ -180,14 +180,20 @@ def load_image_dataset(root: str | Path) -> ImageDataset:
     return dataset
 
 
-def images_to_float(images: Any, device: Any = None) -> Any:
+def images_to_float(images: Any, device: Any = None, size: int | None = None) -> Any:
     """uint8 [B, S, S, 3] (numpy or torch) -> float32 [B, 3, S, S] in [0, 1] on ``device``.
 
-    The conversion happens on the device, so only bytes cross from the loader.
+    The conversion happens on the device, so only bytes cross from the loader. With ``size``
+    (``data.size``) images of another side are resized to size x size there (antialiased bilinear).
     """
     import torch
 
     x = torch.as_tensor(images)
     if device is not None:
         x = x.to(device, non_blocking=True)
-    return x.permute(0, 3, 1, 2).float().div_(255.0)
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = torch.nn.functional.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    return x

@@ -175,13 +175,7 @@ class ThreeDIdentSource(PairSource):
         """uint8 [B, S, S, 3] -> float [B, 3, S, S] in [0, 1] on the training device."""
         from clinvert.data.images import images_to_float
 
-        x = images_to_float(images, self.device)
-        size = self.cfg.data.size
-        if size is not None and tuple(x.shape[-2:]) != (size, size):
-            x = torch.nn.functional.interpolate(
-                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-            )
-        return x
+        return images_to_float(images, self.device, self.cfg.data.size)
 
     def pairs(self, step: int) -> tuple[Tensor, Tensor]:
         batch = self._batch(step)

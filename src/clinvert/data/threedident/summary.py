@@ -195,7 +195,6 @@ GIMBAL_EDGES = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 def _encode_test_images(run: Path, cfg: Any) -> tuple[Any, Any]:
     """The run's trained encoder applied to its held-out images: (z [M, 10], h [M, d])."""
     import numpy as np
-    import torch
 
     from clinvert.data.images import images_to_float, load_image_dataset
     from clinvert.estimator import load
@@ -205,12 +204,8 @@ def _encode_test_images(run: Path, cfg: Any) -> tuple[Any, Any]:
     count = min(cfg.eval.samples, len(test))
     codes = []
     for i in range(0, count, 500):
-        x = images_to_float(np.array(test.images[i : min(i + 500, count)]))  # a writable copy
-        if cfg.data.size is not None and tuple(x.shape[-2:]) != (cfg.data.size,) * 2:
-            x = torch.nn.functional.interpolate(
-                x, size=(cfg.data.size,) * 2, mode="bilinear", antialias=True, align_corners=False
-            )
-        codes.append(estimator.transform(x))
+        chunk = np.array(test.images[i : min(i + 500, count)])  # a writable copy
+        codes.append(estimator.transform(images_to_float(chunk, size=cfg.data.size)))
     return np.asarray(test.latents[:count], dtype=np.float64), np.concatenate(codes)
 
 
@@ -228,7 +223,7 @@ def gimbal_table(runs: list[str | Path], edges: tuple[float, ...] = GIMBAL_EDGES
     Raises:
         ConfigError: one line for a run that is not a finished box-mode 3DIdent run.
     """
-    from clinvert.metrics import r2_per_dim_by_bins
+    from clinvert.metrics import r2_per_dim, r2_per_dim_by_bins
 
     rotations = [FACTORS.index(f) for f in ("rot_alpha", "rot_beta", "rot_gamma")]
     beta = FACTORS.index("rot_beta")
@@ -250,12 +245,12 @@ def gimbal_table(runs: list[str | Path], edges: tuple[float, ...] = GIMBAL_EDGES
             )
         z, h = _encode_test_images(run, cfg)
         r2s, counts = r2_per_dim_by_bins(z, h, abs(z[:, beta]), edges)
-        total, _ = r2_per_dim_by_bins(z, h, abs(z[:, beta]), (edges[0], edges[-1]))
+        total = r2_per_dim(z, h)  # the run's own R² per factor
         for b, count in enumerate(counts):
             cells = " | ".join(f"{r2s[b, i]:.3f}" for i in rotations)
             close = "]" if b == len(counts) - 1 else ")"
             label = f"[{edges[b]:g}, {edges[b + 1]:g}{close}"
             lines.append(f"| {run.name} | {label} | {count} | {cells} |")
-        cells = " | ".join(f"**{total[0, i]:.3f}**" for i in rotations)
-        lines.append(f"| {run.name} | all | {int(counts.sum())} | {cells} |")
+        cells = " | ".join(f"**{total[i]:.3f}**" for i in rotations)
+        lines.append(f"| {run.name} | all | {len(z) - len(z) // 2} | {cells} |")
     return "\n".join(lines) + "\n"
