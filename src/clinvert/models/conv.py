@@ -9,10 +9,10 @@ neighbour), so that no stage shrinks to nothing. About 0.4 M parameters: a fract
 11 M, for observations such as masks, digits or small renders.
 
 ``conv-wide``: the same layout with 64, 64, 128, 128 channels, a 512-channel last convolution and
-BatchNorm after every strided convolution (1.5 M parameters, about 2.5 times ``conv``'s step on
-the CPU). On 3DIdent's 64x64 renders its supervised ceiling on the three rotations is far above
-``conv``'s at the same budget (``results/threedident/README.md``), while ResNet-18's ImageNet stem
-shrinks a 64x64 image to 16x16 before its first block.
+BatchNorm after every strided convolution (1.5 M parameters, about 2.7 times ``conv``'s step on
+this project's CPU, from two runs' wall times). On 3DIdent's 64x64 renders its supervised ceiling
+on the three rotations is far above ``conv``'s at the same budget (``results/threedident/README.md``),
+while ResNet-18's ImageNet stem shrinks a 64x64 image to 16x16 before its first block.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: Channels of the four strided stages.
+#: Channels of ``conv``'s four strided stages.
 CONV_WIDTHS = (32, 32, 64, 64)
 #: Channels of ``conv-wide``'s strided stages and of its last convolution.
 WIDE_WIDTHS = (64, 64, 128, 128)
