@@ -366,7 +366,8 @@ def _cmd_kitti(args: argparse.Namespace) -> int:
 
 
 def _add_threedident(sub: argparse._SubParsersAction) -> None:
-    """The ``threedident`` command group (``render``, ``table``, ``grid``, ``curves``, ``gimbal``)."""
+    """The ``threedident`` command group (``render``, ``table``, ``grid``, ``curves``, ``gimbal``,
+    ``objective``)."""
     p = sub.add_parser(
         "threedident",
         help="3DIdent data: render the teapot dataset, tabulate runs",
@@ -457,6 +458,32 @@ def _add_threedident(sub: argparse._SubParsersAction) -> None:
     )
     gb.add_argument("runs", nargs="+", metavar="RUN", help="finished 3DIdent run directories")
     gb.add_argument("--out", help="write the table to this file (default: print it)")
+    ob = group.add_parser(
+        "objective",
+        help="what a config's InfoNCE rewards: the loss of an encoder that outputs the latents",
+        description=(
+            "On a 3DIdent config's first training batches, the InfoNCE loss of an oracle encoder "
+            "that outputs the true latents (best scale), with every factor and without --drop's "
+            "factors: the difference is what the loss pays for encoding them, known before any "
+            "training. Two pairings: 'snapped' (what training sees: both latents snapped to the "
+            "nearest rendered image) and 'exact' (z~ as drawn from the conditional)."
+        ),
+        epilog=(
+            "example:\n  clinvert threedident objective configs/threedident/s2-box-normal-conv.yaml "
+            "\\\n      --set train.batch_size=512 --out objective.md\n"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ob.add_argument("configs", nargs="+", metavar="CONFIG", help="3DIdent run configs")
+    ob.add_argument("--profile", help="merge this profile of each config first")
+    _add_set(ob)
+    ob.add_argument("--batches", type=int, default=8, help="training batches averaged (8)")
+    ob.add_argument(
+        "--drop",
+        default=",".join(("rot_alpha", "rot_beta", "rot_gamma")),
+        help="comma-separated factors left out of the oracle (default: the three rotations)",
+    )
+    ob.add_argument("--out", help="write the table to this file (default: print it)")
 
 
 def demo_config_path() -> Path:
@@ -677,21 +704,36 @@ def _cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_or_write(table: str, out: str | None, what: str) -> None:
+    """Write ``table`` to ``out`` (atomically) and name it, or print it."""
+    if out:
+        from clinvert.io import write_text
+
+        write_text(Path(out), table)
+        print(f"{what}: {out}")
+    else:
+        print(table, end="")
+
+
 def _cmd_threedident(args: argparse.Namespace) -> int:
     if args.threedident_command in ("table", "gimbal"):
         from clinvert.data.threedident.summary import gimbal_table, markdown_table
 
         make = markdown_table if args.threedident_command == "table" else gimbal_table
-        table = make(args.runs)
-        if args.out:
-            from clinvert.io import write_text
-
-            write_text(Path(args.out), table)
-            print(f"{args.threedident_command}: {args.out}")
-        else:
-            print(table, end="")
+        _print_or_write(make(args.runs), args.out, args.threedident_command)
         return 0
 
+    if args.threedident_command == "objective":
+        from clinvert.data.threedident.objective import describe_setting, oracle_rows, oracle_table
+
+        drop = tuple(f.strip() for f in args.drop.split(",") if f.strip())
+        entries = []
+        for config in args.configs:
+            cfg = load_config(config, args.overrides, args.profile)
+            rows = oracle_rows(cfg, drop, args.batches)  # refuses a non-3DIdent config first
+            entries.append((describe_setting(cfg), rows))
+        _print_or_write(oracle_table(entries, drop), args.out, "objective")
+        return 0
     if args.threedident_command == "curves":
         from clinvert.data.threedident.summary import plot_factor_curves
 
