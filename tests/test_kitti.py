@@ -246,7 +246,7 @@ def test_config_errors_name_the_field(walkers: Path, tmp_path: Path, capsys) -> 
     narrow = kitti_config(walkers, train={"objective": "supervised"}, model={"output_dim": 2})
     assert main(["train", str(write_cfg(tmp_path, narrow)), "--out", str(tmp_path / "r")]) == 2
     assert (
-        "model.output_dim: the supervised objective regresses the 3 latents"
+        "model.output_dim: the supervised objective regresses the 3 latent columns"
         in capsys.readouterr().err
     )
     assert not (tmp_path / "r").exists()

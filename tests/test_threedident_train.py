@@ -332,6 +332,35 @@ def test_periodic_scores_use_the_angle_embedding(tmp_path: Path) -> None:
     assert raw["r2_per_factor"]["rot_alpha"] < 0.9 and raw["r2_per_factor"]["pos_x"] > 0.999
 
 
+def test_periodic_supervised_ceiling_regresses_cos_and_sin(tmp_path: Path, capsys) -> None:
+    from clinvert.data.threedident.source import ThreeDIdentSource
+
+    dirs = {
+        "train": write_toy_dataset(tmp_path / "train", 60, mode="periodic", seed=1),
+        "test": write_toy_dataset(tmp_path / "test", 32, mode="periodic", seed=2),
+    }
+    raw = image_config(dirs, objective="supervised", steps=2, batch_size=4)
+    raw["model"].update(encoder="conv", output_dim=17)
+    raw["eval"]["samples"] = 32
+    data = ThreeDIdentSource(validate_config(raw), torch.device("cpu"))
+    assert data.supervised_width() == 17  # 3 positions, then 7 cosines and 7 sines
+    _, z = data.labelled(0)
+    batch = data.batches[0]
+    mask = data.train.periodic_mask()
+    assert torch.equal(z, torch.from_numpy(embed_latents(batch["z"].numpy(), mask)))
+    config = tmp_path / "supervised.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    capsys.readouterr()
+    narrow = tmp_path / "narrow.yaml"
+    raw["model"]["output_dim"] = 10
+    narrow.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(narrow), "--out", str(tmp_path / "narrow-run")]) == 2
+    err = capsys.readouterr().err
+    assert "model.output_dim: the supervised objective regresses the 17 latent columns" in err
+    assert not (tmp_path / "narrow-run").exists()
+
+
 # ----- the released 3DIdent layout -----------------------------------------------------------------
 def write_released(root: Path, n: int, size: int = 16, seed: int = 0) -> Path:
     """A folder in exactly the paper's released layout: raw_latents.npy and images/<i>.png, i

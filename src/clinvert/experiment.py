@@ -126,11 +126,11 @@ def _check_supervised_width(cfg: RunConfig, source: PairSource) -> None:
     """The supervised objective regresses the k latents on the first k outputs: needs d >= k."""
     if cfg.train.objective != "supervised":
         return
-    z = source.latents("eval")
+    targets = source.supervised_width()
     width = cfg.model.output_dim or cfg.latent.dim
-    if z is not None and z.shape[1] > width:
+    if targets is not None and targets > width:
         raise ConfigError(
-            f"model.output_dim: the supervised objective regresses the {z.shape[1]} latents on "
+            f"model.output_dim: the supervised objective regresses the {targets} latent columns on "
             f"the outputs, got {width} outputs"
         )
 

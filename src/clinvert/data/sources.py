@@ -222,6 +222,12 @@ class PairSource(ABC):
     def pairs(self, step: int) -> tuple[Tensor, Tensor]:
         """Batch ``step`` of positive pairs (x, x~), each [B, ...] float on the device."""
 
+    def supervised_width(self) -> int | None:
+        """Columns of the supervised objective's targets (default: the latents' width; None when
+        the source has no latents)."""
+        z = self.latents("eval")
+        return None if z is None else int(z.shape[1])
+
     def labelled(self, step: int) -> tuple[Tensor, Tensor]:
         """Batch ``step`` of observations and their latents (x [B, ...], z [B, k])."""
         raise ConfigError(

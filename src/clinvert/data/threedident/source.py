@@ -181,9 +181,20 @@ class ThreeDIdentSource(PairSource):
         batch = self._batch(step)
         return self.floats(batch["x"]), self.floats(batch["x_tilde"])
 
+    def supervised_width(self) -> int:
+        """Ten targets in box mode; in periodic mode each angle is regressed as (cos, sin)."""
+        return len(self.train.factors) + int(self.train.periodic_mask().sum())
+
     def labelled(self, step: int) -> tuple[Tensor, Tensor]:
+        """Images and their regression targets: the latents, with each angle of a periodic
+        dataset as its (cos, sin) pair (:func:`clinvert.metrics.embed_latents`), which has no
+        jump at +-pi."""
         batch = self._batch(step)
-        return self.floats(batch["x"]), batch["z"].to(self.device)
+        z = batch["z"]
+        periodic = self.train.periodic_mask()
+        if periodic.any():
+            z = torch.from_numpy(metrics.embed_latents(z.numpy(), periodic))
+        return self.floats(batch["x"]), z.to(self.device)
 
     def norm_sample(self) -> Tensor:
         """Evenly spaced training images (float [M, 3, S, S]) to fit the input normalisation."""
