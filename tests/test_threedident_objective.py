@@ -23,16 +23,7 @@ from clinvert.data.threedident.objective import (
 from clinvert.latents import NoiseLaw
 from clinvert.losses import InfoNCE
 from clinvert.metrics import embed_latents
-from test_threedident_train import image_config, write_toy_dataset
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("toy-objective")
-    return {
-        "train": write_toy_dataset(base / "train", 200, seed=1),
-        "test": write_toy_dataset(base / "test", 32, seed=2),
-    }
+from test_threedident_train import image_config
 
 
 def _cfg(toy: dict[str, Path], scale: float = 0.1, batch: int = 8):

@@ -77,15 +77,6 @@ def write_toy_dataset(
     return root
 
 
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("toy3did")
-    return {
-        "train": write_toy_dataset(base / "train", 200, seed=1),
-        "test": write_toy_dataset(base / "test", 96, seed=2),
-    }
-
-
 def image_config(toy: dict[str, Path], **train: object) -> dict:
     return {
         "name": "toy-3dident",
