@@ -51,6 +51,8 @@ def test_an_encoder_without_factors_scores_chance() -> None:
     z = [torch.rand(16, 10, generator=gen) for _ in range(3)]
     loss, _ = oracle_loss(z, z, InfoNCE("lp", p=2.0), [])
     assert loss == pytest.approx(math.log(16), abs=1e-6)  # every logit equal
+    own, _ = oracle_loss(z, z, InfoNCE("lp", p=2.0, self_negative=True), [])
+    assert own == pytest.approx(math.log(17), abs=1e-6)  # the anchor itself joins the negatives
 
 
 def test_snapped_pairs_are_the_training_pairs(toy) -> None:
