@@ -17,6 +17,7 @@ from clinvert.data.pairs import PairBatches
 from clinvert.data.threedident.objective import (
     embedded_columns,
     oracle_loss,
+    oracle_pull,
     oracle_rows,
     pair_latents,
 )
@@ -67,6 +68,27 @@ def test_snapped_pairs_are_the_training_pairs(toy) -> None:
         query, query_tilde = pairs.sample_latents(k)
         assert torch.equal(latents["exact"][0][k], query)
         assert torch.equal(latents["exact"][1][k], query_tilde)
+
+
+def test_pull_is_the_curvature_of_the_loss_at_a_missing_factor(toy) -> None:
+    latents, _, _ = pair_latents(_cfg(toy), 3)
+    z, z_tilde = latents["snapped"]
+    kept, dropped, scale = [0, 1, 2, 6, 7, 8, 9], [3, 4, 5], 2.0
+    pull = oracle_pull(z, z_tilde, InfoNCE("lp", p=2.0), kept, dropped, scale)
+
+    # Reference: the plain InfoNCE of -||a - b||^2, differentiated twice by autograd at eps = 0.
+    eps = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    total = 0.0
+    for a, b in zip(z, z_tilde, strict=True):
+        a, b = a.double(), b.double()
+        fa = torch.cat([a[:, kept] * scale, a[:, dropped] * eps], dim=1)
+        fb = torch.cat([b[:, kept] * scale, b[:, dropped] * eps], dim=1)
+        logits = -((fa[:, None, :] - fb[None, :, :]) ** 2).sum(-1)
+        total = total + torch.nn.functional.cross_entropy(logits, torch.arange(len(a))) / len(z)
+    (first,) = torch.autograd.grad(total, eps, create_graph=True)
+    (second,) = torch.autograd.grad(first, eps)
+    assert float(first.detach()) == pytest.approx(0.0, abs=1e-12)  # a saddle: no first-order pull
+    assert pull > 0 and pull == pytest.approx(-float(second), rel=1e-4)
 
 
 def test_tight_exact_positives_leave_nothing_to_reward(toy) -> None:
