@@ -139,25 +139,13 @@ def pair_latents(
     Returns ``({"snapped": (z, z~), "exact": (z, z~)}, periodic mask, factor names)``; latents in
     the embedding of :func:`clinvert.metrics.embed_latents` (float32 tensors [B, m]).
     """
-    from clinvert.data.images import load_image_dataset
-    from clinvert.data.pairs import PairBatches
-    from clinvert.data.sources import STREAM_TRAIN
-    from clinvert.latents import NoiseLaw
+    from clinvert.data.threedident.source import ThreeDIdentSource
     from clinvert.metrics import embed_latents
 
-    try:
-        dataset = load_image_dataset(str(cfg.data.train_dir))
-    except ConfigError as exc:
-        raise ConfigError(f"data.train_dir: {exc}") from None
-    cond = cfg.latent.conditional.model_dump(exclude={"name"})
-    pairs = PairBatches(
-        dataset,
-        NoiseLaw(cfg.latent.conditional.name, **cond),
-        cfg.train.batch_size,
-        cfg.train.seed,
-        STREAM_TRAIN,
-        box=(cfg.latent.box[0], cfg.latent.box[1]),
-    )
+    # The run's own source: the same dataset checks and the same pair batches (shards included)
+    # as training in one process; nothing is encoded, so the device does not matter.
+    source = ThreeDIdentSource(cfg, torch.device("cpu"))
+    dataset, pairs = source.train, source.batches
     periodic = dataset.periodic_mask()
     out: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {
         "snapped": ([], []),
