@@ -52,12 +52,52 @@ def test_factors_sampling_and_ranges() -> None:
     assert box.min() >= -1 and box.max() <= 1
     assert np.array_equal(box, sample_latents(1000, "box", 3))
     per = sample_latents(1000, "periodic", 3)
-    assert per[:, 3:].min() >= -np.pi and per[:, 3:].max() < np.pi
-    assert np.abs(per[:, :3]).max() <= 1
+    circles = [3, 5, 6, 7, 8, 9]  # alpha, gamma, spotlight, hues; beta stays an interval
+    assert per[:, circles].min() >= -np.pi and per[:, circles].max() < np.pi
+    assert per[:, circles].min() < -3.0 and per[:, circles].max() > 3.0
+    assert np.abs(per[:, [0, 1, 2, 4]]).max() <= 1
     phys = to_physical(per, "periodic")
     assert phys[:, 7:].min() >= 0 and phys[:, 7:].max() < 1
+    assert np.abs(phys[:, 4]).max() <= np.pi / 2  # beta on a half turn
     with pytest.raises(ConfigError, match="mode"):
         sample_latents(3, "sphere", 0)
+
+
+def test_periodic_orientations_are_drawn_once() -> None:
+    # Euler XYZ angles with alpha, gamma on full turns and beta on a half turn are read back from
+    # the renderer's rotation matrix exactly, so no two latents give one orientation; three full
+    # turns (the retired layout) put (a + pi, pi - b, g + pi) beside (a, b, g), one rotation.
+    phys = to_physical(sample_latents(2000, "periodic", 7), "periodic")
+    a, b, g = phys[:, 3], phys[:, 4], phys[:, 5]
+    rot = scene.euler_xyz(a, b, g)
+    back_b = np.arcsin(np.clip(-rot[:, 2, 0], -1, 1))
+    back_a = np.arctan2(rot[:, 2, 1], rot[:, 2, 2])
+    back_g = np.arctan2(rot[:, 1, 0], rot[:, 0, 0])
+
+    def gap(x: np.ndarray, y: np.ndarray) -> float:
+        return float(np.abs(np.angle(np.exp(1j * (x - y)))).max())
+
+    assert gap(back_a, a) < 1e-6 and gap(back_g, g) < 1e-6 and np.abs(back_b - b).max() < 1e-6
+    twin = scene.euler_xyz(a + np.pi, np.pi - b, g + np.pi)
+    assert np.abs(twin - rot).max() < 1e-9 and (np.abs(np.pi - b) > np.pi / 2).all()
+
+
+def test_periodic_datasets_with_beta_on_a_full_turn_are_refused(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    manifest = store.render_dataset(out, n=3, size=16, mode="periodic", progress=False)
+    assert manifest["circular"] == ["rot_alpha", "rot_gamma", "spot_angle"] + list(FACTORS[7:])
+    assert load_image_dataset(out).periodic_mask().tolist() == [
+        f in manifest["circular"] for f in FACTORS
+    ]
+    del manifest["circular"]  # as written before beta moved to a half turn
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="puts rot_beta on a full turn") as err:
+        load_image_dataset(out)
+    assert "\n" not in str(err.value) and "render it again" in str(err.value)
+    with pytest.raises(ConfigError, match="^circular: .*puts rot_beta on a full turn"):
+        store.render_dataset(out, n=3, size=16, mode="periodic", progress=False)
+    box = store.render_dataset(tmp_path / "box", n=3, size=16, progress=False)
+    assert "circular" not in box  # box manifests are as before
 
 
 def test_teapot_mesh() -> None:

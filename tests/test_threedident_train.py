@@ -20,6 +20,7 @@ from clinvert.cli import main
 from clinvert.config import ConfigError, validate_config
 from clinvert.data.images import FACTORS, load_image_dataset
 from clinvert.data.pairs import NearestNeighbours, PairBatches, embed_latents, make_pair_loader
+from clinvert.data.threedident.factors import circular_factors
 from clinvert.latents import NoiseLaw
 from clinvert.models import make_model
 from clinvert.models.resnet import ResNet18Backbone
@@ -38,9 +39,9 @@ def write_toy_dataset(
     rng = np.random.default_rng(seed)
     z = rng.uniform(-1.0, 1.0, size=(n, 10)).astype(np.float32)
     unit = (z + 1.0) / 2.0  # [0, 1]
-    if mode == "periodic":
-        z[:, 3:] = (z[:, 3:] * math.pi).astype(np.float32)
-        z[:, 3:] = np.clip(z[:, 3:], -math.pi, math.pi - 1e-6)
+    circular = circular_factors(mode)
+    cols = [FACTORS.index(f) for f in circular]
+    z[:, cols] = np.clip(z[:, cols] * math.pi, -math.pi, math.pi - 1e-6).astype(np.float32)
     yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
     cx, cy = 0.2 + 0.6 * unit[:, 0], 0.2 + 0.6 * unit[:, 1]
     radius = 0.12 + 0.15 * unit[:, 2]
@@ -70,6 +71,7 @@ def write_toy_dataset(
         "n": n,
         "seed": seed,
         "factors": list(FACTORS),
+        **({"circular": circular} if circular else {}),
         "complete": complete,
         "seconds": 0.0,
     }
@@ -331,10 +333,10 @@ def test_periodic_supervised_ceiling_regresses_cos_and_sin(tmp_path: Path, capsy
         "test": write_toy_dataset(tmp_path / "test", 32, mode="periodic", seed=2),
     }
     raw = image_config(dirs, objective="supervised", steps=2, batch_size=4)
-    raw["model"].update(encoder="conv", output_dim=17)
+    raw["model"].update(encoder="conv", output_dim=16)
     raw["eval"]["samples"] = 32
     data = ThreeDIdentSource(validate_config(raw), torch.device("cpu"))
-    assert data.supervised_width() == 17  # 3 positions, then 7 cosines and 7 sines
+    assert data.supervised_width() == 16  # 3 positions and beta, then 6 cosines and 6 sines
     _, z = data.labelled(0)
     batch = data.batches[0]
     mask = data.train.periodic_mask()
@@ -348,7 +350,7 @@ def test_periodic_supervised_ceiling_regresses_cos_and_sin(tmp_path: Path, capsy
     narrow.write_text(yaml.safe_dump(raw))
     assert main(["train", str(narrow), "--out", str(tmp_path / "narrow-run")]) == 2
     err = capsys.readouterr().err
-    assert "model.output_dim: the supervised objective regresses the 17 latent columns" in err
+    assert "model.output_dim: the supervised objective regresses the 16 latent columns" in err
     assert not (tmp_path / "narrow-run").exists()
 
 

@@ -393,7 +393,12 @@ def _add_threedident(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--size", type=int, required=True, help="image side in pixels")
     r.add_argument("--out", required=True, help="dataset directory")
     r.add_argument("--backend", default="preview", help="preview (default, torch) or cycles")
-    r.add_argument("--mode", default="box", help="latent coordinates: box (default) or periodic")
+    r.add_argument(
+        "--mode",
+        default="box",
+        help="latent coordinates: box (default) or periodic (alpha, gamma, spotlight, hues "
+        "on full circles, beta on a half turn)",
+    )
     r.add_argument("--seed", type=int, default=0, help="seed of the latents (default 0)")
     r.add_argument("--samples", type=int, help="cycles: samples per pixel (default 8)")
     r.add_argument(

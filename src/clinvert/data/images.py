@@ -7,7 +7,8 @@ is detected and read by :mod:`clinvert.data.threedident.released` into the same
 A dataset directory holds::
 
     DIR/manifest.json   {"format": "clinvert-3dident/1", "size": S, "n": N, "mode": "box"|"periodic",
-                         "factors": [10 names], "complete": true, ...}
+                         "factors": [10 names], "circular": [periodic mode: the angle factors],
+                         "complete": true, ...}
     DIR/latents.npy     float32 [N, 10]
     DIR/images.npy      uint8 [N, S, S, 3]   (memory-mapped here, never read whole)
 
@@ -25,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from clinvert.data.threedident.factors import FACTORS, MODES, PERIODIC
+from clinvert.data.threedident.factors import FACTORS, MODES, PERIODIC, stale_periodic
 from clinvert.data.threedident.store import FORMAT
 from clinvert.errors import ConfigError
 
-#: Factors stored as angles in [-pi, pi) in ``periodic`` mode (positions stay in [-1, 1]).
+#: Factors stored as angles in [-pi, pi) in ``periodic`` mode (positions and beta stay in [-1, 1]).
 PERIODIC_FACTORS = tuple(FACTORS[i] for i in PERIODIC)
 
 
@@ -56,7 +57,7 @@ class ImageDataset:
 
     @property
     def mode(self) -> str:
-        """``box`` (all factors in [-1, 1]) or ``periodic`` (angles in [-pi, pi))."""
+        """``box`` (all factors in [-1, 1]) or ``periodic`` (circular factors in [-pi, pi))."""
         return str(self.manifest["mode"])
 
     @property
@@ -68,7 +69,7 @@ class ImageDataset:
         return int(self.latents.shape[0])
 
     def periodic_mask(self) -> np.ndarray:
-        """Boolean [n]: which factors are angles (all False in box mode)."""
+        """Boolean [n]: which factors are angles on a full circle (all False in box mode)."""
         if self.mode != "periodic":
             return np.zeros(len(self.factors), dtype=bool)
         return np.array([f in PERIODIC_FACTORS for f in self.factors])
@@ -123,6 +124,9 @@ def _read_manifest(root: Path) -> dict[str, Any]:
             raise _fail(path, f"{key} must be a positive integer, got {manifest.get(key)!r}")
     if manifest.get("mode") not in MODES:
         raise _fail(path, f"mode must be one of {', '.join(MODES)}, got {manifest.get('mode')!r}")
+    stale = stale_periodic(manifest)
+    if stale:
+        raise _fail(path, stale)
     factors = manifest.get("factors")
     if not isinstance(factors, list) or not factors or not all(isinstance(f, str) for f in factors):
         raise _fail(path, f"factors must be a list of names, got {factors!r}")
@@ -167,16 +171,15 @@ def load_image_dataset(root: str | Path) -> ImageDataset:
             f"{images.dtype} {list(images.shape)}",
         )
     dataset = ImageDataset(root, manifest, latents, images)
-    bound = math.pi if manifest["mode"] == "periodic" else 1.0
     mask = dataset.periodic_mask()
     low = np.where(mask, -math.pi, -1.0)
     high = np.where(mask, math.pi, 1.0)
     if (latents < low - 1e-5).any() or (latents > high + 1e-5).any():
-        raise _fail(
-            lat_path,
-            f"latents outside the {manifest['mode']} range ([-1, 1] positions, "
-            f"[-{bound:g}, {bound:g}] otherwise)",
+        circular = [f for f, m in zip(dataset.factors, mask, strict=True) if m]
+        where = (
+            f"[-pi, pi] for {', '.join(circular)}, [-1, 1] for the rest" if circular else "[-1, 1]"
         )
+        raise _fail(lat_path, f"latents outside the {manifest['mode']} range ({where})")
     return dataset
 
 

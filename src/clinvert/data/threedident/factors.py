@@ -13,11 +13,15 @@ Two coordinate modes:
     quantities (the spotlight angle, the hues) cover less than a full turn, so that -1 and +1 never
     give the same image.
 ``periodic``
-    the angle factors (three rotations, spotlight angle) and the three hues live on circles and are
-    stored as angles in [-pi, pi); they map to the physical quantity over a full turn (rotations and
-    the spotlight angle in radians as they are, a hue ``h`` in [0, 1) as ``(z + pi) / (2 pi)``). The
-    positions are as in ``box``. Note that three Euler angles over full turns cover each rotation
-    twice; this mode is for circular latent models, not for identifiable Euler angles.
+    six factors live on circles and are stored as angles in [-pi, pi): the first and last Euler
+    angles (alpha, gamma), the spotlight angle and the three hues. They map to the physical quantity
+    over a full turn (angles in radians as they are, a hue ``h`` in [0, 1) as ``(z + pi) / (2 pi)``).
+    The middle Euler angle beta stays an interval, [-1, 1] onto a half turn [-pi/2, pi/2] as in
+    ``box``, and so do the positions. This is what makes the mode identifiable: alpha and gamma on
+    full turns with beta on a half turn reach every orientation exactly once (away from the gimbal
+    lock at beta = +-pi/2), whereas three full turns reach each twice ((a, b, g) and
+    (a + pi, pi - b, g + pi) are one rotation). Datasets rendered before this rule (beta on a full
+    turn) lack the manifest's ``circular`` list and are refused by name.
 
 Physical units (``to_physical``): positions in scene units (the teapot is scaled to a half-length of
 1, see :mod:`~clinvert.data.threedident.teapot`), angles in radians, hues in [0, 1).
@@ -43,8 +47,9 @@ FACTORS: tuple[str, ...] = (
 )
 MODES: tuple[str, ...] = ("box", "periodic")
 
-#: indices of the factors that are circular in ``periodic`` mode (rotations, spotlight, hues)
-PERIODIC: tuple[int, ...] = (3, 4, 5, 6, 7, 8, 9)
+#: indices of the factors that are circular in ``periodic`` mode: alpha and gamma (beta, on a half
+#: turn, is not: see the module docstring), the spotlight angle and the three hues
+PERIODIC: tuple[int, ...] = (3, 5, 6, 7, 8, 9)
 _HUES = (7, 8, 9)
 
 #: physical interval of each factor in ``box`` mode (latent -1 -> low, +1 -> high)
@@ -65,6 +70,32 @@ BOX_RANGES: dict[str, tuple[float, float]] = {
     "hue_spot": (0.0, 0.8),
     "hue_background": (0.0, 0.8),
 }
+
+
+def circular_factors(mode: str) -> list[str]:
+    """Names of the factors stored as angles in ``mode`` (none in ``box``); a dataset's manifest
+    records this list as ``circular`` in ``periodic`` mode."""
+    return [FACTORS[i] for i in PERIODIC] if check_mode(mode) == "periodic" else []
+
+
+def stale_periodic(manifest: dict) -> str | None:
+    """Why a ``periodic`` dataset's manifest describes another set of circular factors (None when it
+    matches this version, or is not periodic): those rendered with beta on a full turn, which draw
+    every orientation twice, have no ``circular`` list."""
+    if manifest.get("mode") != "periodic":
+        return None
+    circular = manifest.get("circular")
+    if circular == circular_factors("periodic"):
+        return None
+    if circular is None:
+        return (
+            "mode 'periodic' of this dataset puts rot_beta on a full turn (no 'circular' list), "
+            "which draws every orientation twice; render it again into a new folder"
+        )
+    return (
+        f"circular must be {circular_factors('periodic')} in mode 'periodic', got {circular!r}; "
+        "render it again into a new folder"
+    )
 
 
 def position_box() -> np.ndarray:
@@ -95,7 +126,8 @@ def latent_bounds(mode: str) -> tuple[np.ndarray, np.ndarray]:
 def sample_latents(n: int, mode: str, seed: int) -> np.ndarray:
     """``n`` latents drawn uniformly from ``mode``'s domain; float32 [n, 10], a function of ``seed``.
 
-    Box factors are uniform on [-1, 1]; periodic factors uniform on [-pi, pi).
+    Box factors (and beta in ``periodic`` mode) are uniform on [-1, 1]; circular factors uniform on
+    [-pi, pi).
     """
     low, high = latent_bounds(mode)
     rng = np.random.default_rng(seed)
@@ -112,7 +144,7 @@ def to_physical(latents: np.ndarray, mode: str) -> np.ndarray:
     """Map latents ``[n, 10]`` in ``mode``'s coordinates to physical values (float64 [n, 10]).
 
     Columns keep the factor order: position (scene units), three Euler angles and the spotlight
-    azimuth (radians), three hues in [0, 1).
+    azimuth (radians), three hues in [0, 1). In both modes beta lies in [-pi/2, pi/2].
     """
     check_mode(mode)
     z = np.asarray(latents, dtype=np.float64)

@@ -3,6 +3,7 @@
 Layout (``clinvert-3dident/1``)::
 
     DIR/manifest.json   format, backend, renderer, size, samples, mode, n, seed, factors,
+                        circular (``periodic`` mode only: the factors stored as angles),
                         complete, seconds (render wall time, summed over resumed sessions)
     DIR/latents.npy     float32 [N, 10] in the mode's coordinates (a function of the seed)
     DIR/images/000000.png ...   RGB uint8 S x S, each written atomically
@@ -24,13 +25,30 @@ from typing import Any
 import numpy as np
 
 from clinvert.data.threedident import cycles
-from clinvert.data.threedident.factors import FACTORS, check_mode, sample_latents
+from clinvert.data.threedident.factors import (
+    FACTORS,
+    check_mode,
+    circular_factors,
+    sample_latents,
+    stale_periodic,
+)
 from clinvert.errors import ConfigError
 from clinvert.io import write_bytes, write_json
 
 FORMAT = "clinvert-3dident/1"
 BACKENDS = ("preview", "cycles")
-_SETTINGS = ("format", "backend", "renderer", "size", "samples", "mode", "n", "seed", "factors")
+_SETTINGS = (
+    "format",
+    "backend",
+    "renderer",
+    "size",
+    "samples",
+    "mode",
+    "n",
+    "seed",
+    "factors",
+    "circular",
+)
 
 
 def image_path(out: str | Path, index: int) -> Path:
@@ -181,13 +199,19 @@ def render_dataset(
         "seed": seed,
         "factors": list(FACTORS),
     }
+    if mode == "periodic":
+        settings["circular"] = circular_factors(mode)
     seconds = 0.0
     if (out / "manifest.json").exists():
         old = read_manifest(out)
+        stale = stale_periodic(old)
+        if stale:
+            raise ConfigError(f"circular: {out}: {stale}")
         for key in _SETTINGS:
-            if old.get(key) != settings[key]:
+            if old.get(key) != settings.get(key):
                 raise ConfigError(
-                    f"{key}: {out} was rendered with {key}={old.get(key)!r}, not {settings[key]!r}; "
+                    f"{key}: {out} was rendered with {key}={old.get(key)!r}, not "
+                    f"{settings.get(key)!r}; "
                     "use the same settings or another --out"
                 )
         if old.get("complete") and (out / "images.npy").exists():
