@@ -20,6 +20,7 @@ from clinvert.data.images import load_image_dataset
 from clinvert.data.threedident import cycles, preview, scene, store
 from clinvert.data.threedident.factors import FACTORS, position_box, sample_latents, to_physical
 from clinvert.data.threedident.grid import sweep_latents
+from clinvert.data.threedident.summary import _data_label
 from clinvert.data.threedident.teapot import teapot_mesh
 
 SIZE = 64
@@ -89,6 +90,11 @@ def test_periodic_datasets_with_beta_on_a_full_turn_are_refused(tmp_path: Path) 
     assert load_image_dataset(out).periodic_mask().tolist() == [
         f in manifest["circular"] for f in FACTORS
     ]
+    described = load_image_dataset(out).describe()
+    assert described["mode"] == "periodic" and described["circular"] == manifest["circular"]
+    assert _data_label(None, None, {"train": described}).endswith(f"{preview.VERSION}, periodic")
+    old = {**described, "circular": None}  # what result.json of a retired-layout run recorded
+    assert _data_label(None, None, {"train": old}).endswith("periodic with β on a full turn")
     del manifest["circular"]  # as written before beta moved to a half turn
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ConfigError, match="puts rot_beta on a full turn") as err:

@@ -77,7 +77,10 @@ class ImageDataset:
     def describe(self) -> dict[str, Any]:
         """Small JSON-ready summary for result.json."""
         keys = ("backend", "renderer", "size", "samples", "mode", "n", "seed")
-        return {"dir": str(self.root), **{k: self.manifest.get(k) for k in keys}}
+        described = {"dir": str(self.root), **{k: self.manifest.get(k) for k in keys}}
+        if self.mode == "periodic":
+            described["circular"] = self.manifest.get("circular")
+        return described
 
 
 def _fail(path: Path, why: str) -> ConfigError:

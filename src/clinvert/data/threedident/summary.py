@@ -50,7 +50,8 @@ def _manifest(path: str | Path | None) -> dict[str, Any]:
 def _data_label(
     train_dir: str | None, test_dir: str | None, recorded: dict[str, Any] | None = None
 ) -> str:
-    """'N / M at SxS, renderer': from what result.json recorded, else the datasets' manifests."""
+    """'N / M at SxS, renderer[, periodic]': from what result.json recorded, else the datasets'
+    manifests."""
     recorded = recorded or {}
     train = recorded.get("train") or _manifest(train_dir)
     test = recorded.get("test") or _manifest(test_dir)
@@ -59,7 +60,11 @@ def _data_label(
     size = recorded.get("size") or train.get("size", "?")
     renderer = train.get("renderer") or train.get("backend", "?")
     n_test = test.get("n", "?") if test else "?"
-    return f"{train.get('n', '?')} / {n_test} at {size}×{size}, {renderer}"
+    label = f"{train.get('n', '?')} / {n_test} at {size}×{size}, {renderer}"
+    if train.get("mode") == "periodic":
+        # periodic datasets without their circular list drew beta on a full turn (retired)
+        label += ", periodic" if train.get("circular") else ", periodic with β on a full turn"
+    return label
 
 
 def run_row(run: str | Path) -> dict[str, Any]:
