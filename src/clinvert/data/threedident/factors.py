@@ -30,6 +30,7 @@ Physical units (``to_physical``): positions in scene units (the teapot is scaled
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -78,7 +79,7 @@ def circular_factors(mode: str) -> list[str]:
     return [FACTORS[i] for i in PERIODIC] if check_mode(mode) == "periodic" else []
 
 
-def stale_periodic(manifest: dict) -> str | None:
+def stale_periodic(manifest: dict[str, Any]) -> str | None:
     """Why a ``periodic`` dataset's manifest describes another set of circular factors (None when it
     matches this version, or is not periodic): those rendered with beta on a full turn, which draw
     every orientation twice, have no ``circular`` list."""
