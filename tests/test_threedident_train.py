@@ -18,9 +18,9 @@ import yaml
 
 from clinvert.cli import main
 from clinvert.config import ConfigError, validate_config
-from clinvert.data.images import FACTORS, load_image_dataset
+from clinvert.data.images import load_image_dataset
 from clinvert.data.pairs import NearestNeighbours, PairBatches, embed_latents, make_pair_loader
-from clinvert.data.threedident.factors import circular_factors
+from clinvert.data.threedident.factors import FACTORS, circular_factors
 from clinvert.latents import NoiseLaw
 from clinvert.models import make_model
 from clinvert.models.resnet import ResNet18Backbone

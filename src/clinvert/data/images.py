@@ -26,12 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from clinvert.data.threedident.factors import FACTORS, MODES, PERIODIC, stale_periodic
+from clinvert.data.threedident.factors import MODES, circular_factors, stale_periodic
 from clinvert.data.threedident.store import FORMAT
 from clinvert.errors import ConfigError
-
-#: Factors stored as angles in [-pi, pi) in ``periodic`` mode (positions and beta stay in [-1, 1]).
-PERIODIC_FACTORS = tuple(FACTORS[i] for i in PERIODIC)
 
 
 @dataclass(frozen=True)
@@ -70,9 +67,8 @@ class ImageDataset:
 
     def periodic_mask(self) -> np.ndarray:
         """Boolean [n]: which factors are angles on a full circle (all False in box mode)."""
-        if self.mode != "periodic":
-            return np.zeros(len(self.factors), dtype=bool)
-        return np.array([f in PERIODIC_FACTORS for f in self.factors])
+        circular = circular_factors(self.mode)
+        return np.array([f in circular for f in self.factors], dtype=bool)
 
     def describe(self) -> dict[str, Any]:
         """Small JSON-ready summary for result.json."""

@@ -37,18 +37,7 @@ from clinvert.io import write_bytes, write_json
 
 FORMAT = "clinvert-3dident/1"
 BACKENDS = ("preview", "cycles")
-_SETTINGS = (
-    "format",
-    "backend",
-    "renderer",
-    "size",
-    "samples",
-    "mode",
-    "n",
-    "seed",
-    "factors",
-    "circular",
-)
+_SETTINGS = ("format", "backend", "renderer", "size", "samples", "mode", "n", "seed", "factors")
 
 
 def image_path(out: str | Path, index: int) -> Path:
@@ -208,10 +197,9 @@ def render_dataset(
         if stale:
             raise ConfigError(f"circular: {out}: {stale}")
         for key in _SETTINGS:
-            if old.get(key) != settings.get(key):
+            if old.get(key) != settings[key]:
                 raise ConfigError(
-                    f"{key}: {out} was rendered with {key}={old.get(key)!r}, not "
-                    f"{settings.get(key)!r}; "
+                    f"{key}: {out} was rendered with {key}={old.get(key)!r}, not {settings[key]!r}; "
                     "use the same settings or another --out"
                 )
         if old.get("complete") and (out / "images.npy").exists():
