@@ -349,6 +349,19 @@ def test_a_killed_rank_stops_the_run_in_one_line_and_it_resumes_exactly(
     _same_run(uninterrupted, out, rel=0.0)
 
 
+def test_the_launcher_blames_the_rank_that_failed_first() -> None:
+    """Ranks seen failed at one poll: a rank's own exit code or fatal signal before the SIGABRT that
+    gloo sends a rank whose peer vanished, before a lost peer; ties to the lowest rank."""
+    import signal
+
+    abort, lost = -signal.SIGABRT, distributed.PEER_LOST
+    assert distributed.blame([(0, abort), (1, 9)]) == (1, 9)
+    assert distributed.blame([(0, lost), (1, abort)]) == (1, abort)
+    assert distributed.blame([(0, lost), (1, -signal.SIGKILL)]) == (1, -signal.SIGKILL)
+    assert distributed.blame([(1, 9), (0, 1)]) == (0, 1)
+    assert distributed.blame([(1, abort)]) == (1, abort)
+
+
 def test_nproc_errors_are_one_line_before_any_rank_starts(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     bad = _synthetic(None)

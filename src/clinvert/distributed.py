@@ -21,6 +21,7 @@ Only rank 0 evaluates and writes the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -120,9 +121,18 @@ def init_from_env(nproc: int | None = None) -> World:
     return world()
 
 
-def shutdown() -> None:
-    """Leave the process group (no-op without one)."""
+def shutdown(together: bool = False) -> None:
+    """Leave the process group (no-op without one).
+
+    ``together``: first meet every other rank at a barrier, so that no rank tears the group down
+    while a peer still talks to it (gloo has aborted a rank with SIGABRT at such a teardown). Only
+    for ranks that all finished; a rank leaving after an error must not wait for the others.
+    """
     if dist.is_available() and dist.is_initialized():
+        if together:
+            # a peer already gone (gloo's errors are RuntimeErrors): leave anyway
+            with contextlib.suppress(RuntimeError):
+                dist.barrier()
         dist.destroy_process_group()
 
 
@@ -296,6 +306,22 @@ def launch(argv: Sequence[str], nproc: int, out: str | Path | None) -> int:
     return 1
 
 
+def blame(failed: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """The (rank, exit code) to report among ranks seen failed at the same poll.
+
+    Blame the rank that failed first, not those that stopped because it went away: a rank's own
+    exit code or a fatal signal comes before a SIGABRT (gloo aborts a rank whose peer vanished,
+    before Python can say so), which comes before :data:`PEER_LOST`; ties go to the lowest rank.
+    """
+
+    def secondary(code: int) -> int:
+        if code == PEER_LOST:
+            return 2
+        return 1 if code == -signal.SIGABRT else 0
+
+    return min(failed, key=lambda rc: (secondary(rc[1]), rc[0]))
+
+
 def _wait(procs: list[subprocess.Popen]) -> tuple[int, int] | None:
     """Wait for every rank; at the first failure stop the others and return (rank, exit code)."""
     while True:
@@ -303,8 +329,7 @@ def _wait(procs: list[subprocess.Popen]) -> tuple[int, int] | None:
         bad = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
         if bad:
             _stop(procs)
-            # blame the rank that failed first, not those that stopped because it went away
-            return min(bad, key=lambda rc: (rc[1] == PEER_LOST, rc[0]))
+            return blame(bad)
         if all(c == 0 for c in codes):
             return None
         time.sleep(0.1)
