@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -352,8 +353,6 @@ def test_a_killed_rank_stops_the_run_in_one_line_and_it_resumes_exactly(
 def test_the_launcher_blames_the_rank_that_failed_first() -> None:
     """Ranks seen failed at one poll: a rank's own exit code or fatal signal before the SIGABRT that
     gloo sends a rank whose peer vanished, before a lost peer; ties to the lowest rank."""
-    import signal
-
     abort, lost = -signal.SIGABRT, distributed.PEER_LOST
     assert distributed.blame([(0, abort), (1, 9)]) == (1, 9)
     assert distributed.blame([(0, lost), (1, abort)]) == (1, abort)

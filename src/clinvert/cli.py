@@ -525,17 +525,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--nproc: must be >= 1, got {args.nproc}")
     if distributed.launched():  # one rank of --nproc or torchrun
         distributed.init_from_env(args.nproc)
-        finished = False
         try:
             code = _train_here(args)
-            finished = True
+            distributed.shutdown(together=True)  # every rank finished: leave together
             return code
         except Exception as exc:
             if distributed.lost_peer(exc):
                 return distributed.rank_exit(exc)
             raise
         finally:
-            distributed.shutdown(together=finished)
+            distributed.shutdown()  # no-op once left
     if args.nproc is not None and args.nproc > 1:
         _check_before_launch(args)  # one error line from here, not one per rank
         return distributed.launch(args.argv, args.nproc, args.resume or args.out)
