@@ -127,6 +127,26 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         load_config(bad)
 
 
+def test_a_key_given_twice_is_refused_in_one_line_naming_it(tmp_path: Path) -> None:
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  lr: 1.0e-3\n  steps: 10\n  lr: 2.0e-3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(twice)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "line 4: key 'lr' is given twice (first at line 2)" in message, message
+    # two identical copies of a whole profile are refused too (the case that passed unnoticed)
+    profile = "profiles:\n  wide:\n    train: {lr: 2.0e-3}\n"
+    twice.write_text(profile + "  wide:\n    train: {lr: 2.0e-3}\n")
+    with pytest.raises(ConfigError, match="key 'wide' is given twice"):
+        load_config(twice, profile="wide")
+    with pytest.raises(ConfigError, match=r"--set train: key 'lr' is given twice"):
+        load_config(None, ["train={lr: 1, lr: 2}"])
+    # a merge key is not a duplicate, and an explicit key still overrides what it merged
+    merged = parse_yaml("base: &b {lr: 1, steps: 2}\nrun: {<<: *b, lr: 3}\n")
+    assert merged["run"] == {"lr": 3, "steps": 2}
+
+
 def test_shipped_configs_are_valid() -> None:
     paths = sorted((ROOT / "configs").rglob("*.yaml")) + [ROOT / "src/clinvert/defaults/demo.yaml"]
     assert len(paths) >= 3

@@ -57,8 +57,34 @@ from clinvert.spec import Section as _Section
 __all__ = ["ConfigError", "RunConfig", "load_config", "validate_config"]
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A YAML mapping names the same key twice (PyYAML alone would keep the last silently)."""
+
+    def __init__(self, key: object, first: yaml.Mark, again: yaml.Mark) -> None:
+        super().__init__(problem=f"key {key!r} is given twice", problem_mark=again)
+        self.key = key
+        self.first_line = first.line + 1
+        self.line = again.line + 1
+
+
 class _Loader(yaml.SafeLoader):
-    """Safe YAML loader that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 does."""
+    """Safe YAML loader that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 does, and
+    refuses a mapping that names a key twice (:class:`DuplicateKeyError`) instead of keeping
+    the last one: a profile or section pasted twice must not pass unnoticed."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *anchor`` merges; explicit keys may override merged ones
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:
+                continue  # an unhashable key: the base constructor reports it
+            if first is not key_node.start_mark:
+                raise DuplicateKeyError(key, first, key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -551,6 +577,10 @@ def apply_overrides(
             raise ConfigError(f"--set: expected key.path=value, got {item!r}")
         try:
             value = parse_yaml(raw)
+        except DuplicateKeyError as exc:
+            raise ConfigError(
+                f"--set {path}: key {exc.key!r} is given twice, got {raw!r}"
+            ) from None
         except yaml.YAMLError:
             raise ConfigError(f"--set {path}: value is not valid YAML, got {raw!r}") from None
         node, default = out, defaults
@@ -573,6 +603,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config: file not found, got {str(path)!r}")
     try:
         data = parse_yaml(path.read_text())
+    except DuplicateKeyError as exc:
+        raise ConfigError(
+            f"config: {path} line {exc.line}: key {exc.key!r} is given twice (first at line "
+            f"{exc.first_line}); keep one"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
