@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -284,6 +285,14 @@ def test_train_on_images_writes_the_run_directory_and_resumes_exactly(toy, tmp_p
     assert main(["threedident", "curves", str(run), str(tmp_path / "part"), "--out", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert main(["threedident", "curves", str(tmp_path / "nothing"), "--out", str(png)]) == 2
+    # a run trained with a plugin encoder that is not importable here still plots (no code needed)
+    plugged = tmp_path / "plugged"
+    plugged.mkdir()
+    shutil.copy(run / "metrics.jsonl", plugged / "metrics.jsonl")
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["plugins"], saved["model"]["encoder"] = ["gone/probe_encoders.py"], "gone-encoder"
+    (plugged / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert main(["threedident", "curves", str(plugged), "--out", str(png)]) == 0
     # the rotations' R² per bin of |beta|: five bins and the whole, whose R² is the run's own
     gimbal = tmp_path / "gimbal.md"
     assert main(["threedident", "gimbal", str(run), "--out", str(gimbal)]) == 0

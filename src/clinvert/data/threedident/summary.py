@@ -18,6 +18,7 @@ from typing import Any
 
 from clinvert.config import (
     ConfigError,
+    TrainConfig,
     describe_model,
     describe_process,
     read_run_config,
@@ -147,6 +148,21 @@ def markdown_table(runs: list[str | Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _batch_size(run: Path) -> int:
+    """The batch size a run trained with, read from its ``config.yaml`` as written (a resolved config
+    names it) without validating it: a plot of ``metrics.jsonl`` needs none of the run's code, so a
+    run whose ``plugins`` are not importable here still plots."""
+    train = read_run_config(run).get("train")
+    batch = train.get("batch_size") if isinstance(train, dict) else None
+    if batch is None:
+        batch = TrainConfig.model_fields["batch_size"].default
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(
+            f"train.batch_size: must be a positive integer in {run}/config.yaml, got {batch!r}"
+        )
+    return batch
+
+
 def plot_factor_curves(runs: list[str | Path], out: str | Path) -> Path:
     """Per-factor R² against training budget (images seen: steps × batch), one panel per factor and
     one line per run, from each run's ``metrics.jsonl`` (written atomically as PNG).
@@ -163,11 +179,11 @@ def plot_factor_curves(runs: list[str | Path], out: str | Path) -> Path:
         run = Path(run)
         if not (run / "metrics.jsonl").is_file():
             raise ConfigError(f"run: no metrics.jsonl in {run}")
-        cfg = validate_config(read_run_config(run))
+        batch = _batch_size(run)
         rows = [r for r in read_jsonl(run / "metrics.jsonl") if r.get("r2_per_factor")]
         if not rows:
             raise ConfigError(f"run: {run}/metrics.jsonl holds no r2_per_factor rows")
-        seen = [r["step"] * cfg.train.batch_size for r in rows]
+        seen = [r["step"] * batch for r in rows]
         curves.append((run.name, seen, rows))
     fig = Figure(figsize=(16, 6.4))
     axes = fig.subplots(2, 5, sharex=True, sharey=True)
