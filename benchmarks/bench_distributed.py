@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         measure(args.rank, 2, args.port, args.config, args.profile, steps, out)
         if args.rank == 0:
             Path(args.result).write_text(json.dumps(out))
-        return 0
+        from clinvert.distributed import end_process
+
+        end_process(0)  # not the interpreter's teardown, which has aborted finished ranks
     from clinvert.distributed import AGENT_STORE_ENV, host_store
 
     one: dict = {}

@@ -375,3 +375,47 @@ def test_nproc_errors_are_one_line_before_any_rank_starts(tmp_path: Path) -> Non
     assert not (tmp_path / "r").exists()
     done = _clinvert("train", str(cfg), "--out", str(tmp_path / "r"), "--nproc", "0")
     assert done.returncode == 2 and "--nproc: must be >= 1, got 0" in done.stderr
+
+
+class _Ended(Exception):
+    """Raised by the stand-in for ``os._exit``: the process would have ended with ``code``."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _fake_exit(code: int):
+    raise _Ended(code)
+
+
+@pytest.mark.parametrize("joined", [False, True])
+def test_a_rank_that_joined_a_group_ends_without_the_interpreter_teardown(
+    joined: bool, monkeypatch, capsys
+) -> None:
+    """A finished rank's status goes to ``os._exit`` (gloo's threads, left to the interpreter's
+    teardown, aborted finished ranks with SIGABRT); a process that joined nothing exits as usual."""
+    from clinvert import cli
+
+    monkeypatch.setattr(distributed, "_JOINED", joined)
+    monkeypatch.setattr(os, "_exit", _fake_exit)
+    monkeypatch.setattr(cli, "main", lambda: 0)
+    expected = _Ended if joined else SystemExit
+    with pytest.raises(expected) as ended:
+        cli.run()
+    assert ended.value.code == 0
+
+    # an error that escapes: printed with its traceback; a rank ends with status 1, as Python would
+    def broken() -> int:
+        raise RuntimeError("broken on purpose")
+
+    monkeypatch.setattr(cli, "main", broken)
+    if joined:
+        with pytest.raises(_Ended) as ended:
+            cli.run()
+        assert ended.value.code == 1
+        err = capsys.readouterr().err
+        assert "Traceback" in err and "RuntimeError: broken on purpose" in err
+    else:
+        with pytest.raises(RuntimeError, match="broken on purpose"):
+            cli.run()

@@ -1,8 +1,6 @@
 """``python -m clinvert``: the command line (what ``--nproc`` and ``torchrun -m clinvert`` start)."""
 
-import sys
-
-from clinvert.cli import main
+from clinvert.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from importlib import resources
 from pathlib import Path
 from typing import NoReturn
@@ -811,5 +812,35 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> NoReturn:
+    """The process entry point (the ``clinvert`` command and ``python -m clinvert``): exit with
+    :func:`main`'s status.
+
+    A rank of a distributed run (one that joined a process group) ends through
+    :func:`clinvert.distributed.end_process`, without the interpreter's teardown, where gloo has
+    aborted finished ranks; an error that escapes such a rank is printed with its traceback and
+    ends it with status 1, as Python would.
+    """
+    try:
+        code = main()
+    except Exception:
+        if not _joined_group():
+            raise
+        traceback.print_exc()
+        code = 1
+    if _joined_group():
+        from clinvert import distributed
+
+        distributed.end_process(code)
+    sys.exit(code)
+
+
+def _joined_group() -> bool:
+    """Whether this process joined a process group (without importing torch.distributed when
+    nothing did: the commands that train nothing start faster)."""
+    module = sys.modules.get("clinvert.distributed")
+    return module is not None and module.joined()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
