@@ -817,8 +817,8 @@ def run() -> NoReturn:
     :func:`main`'s status.
 
     A rank of a distributed run (one that joined a process group) ends through
-    :func:`clinvert.distributed.end_process`, without the interpreter's teardown, where gloo has
-    aborted finished ranks; an error that escapes such a rank is printed with its traceback and
+    :func:`clinvert.distributed.end_process`, without the interpreter's teardown, which has
+    aborted finished ranks (SIGABRT); an error that escapes such a rank is printed with its traceback and
     ends it with status 1, as Python would.
     """
     try:
