@@ -393,8 +393,8 @@ def _fake_exit(code: int):
 def test_a_rank_that_joined_a_group_ends_without_the_interpreter_teardown(
     joined: bool, monkeypatch, capsys
 ) -> None:
-    """A finished rank's status goes to ``os._exit`` (gloo's threads, left to the interpreter's
-    teardown, aborted finished ranks with SIGABRT); a process that joined nothing exits as usual."""
+    """A finished rank's status goes to ``os._exit`` (the interpreter's teardown aborted finished
+    ranks with SIGABRT); a process that joined nothing exits as usual."""
     from clinvert import cli
 
     monkeypatch.setattr(distributed, "_JOINED", joined)
