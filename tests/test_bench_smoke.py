@@ -102,3 +102,15 @@ def test_noise_scale_benchmark_smoke(capsys, tmp_path: Path) -> None:
     assert "B_noise" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="checkpoint"):
         bench.main([str(tmp_path / "nosuch.pt")])
+
+
+def test_neighbours_benchmark_smoke(capsys, tmp_path: Path) -> None:
+    bench = _module("bench_neighbours")
+    out = tmp_path / "nn.json"
+    assert bench.main(["--smoke", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert {(r["dims"], r["batch"]) for r in rows} == {
+        (d, b) for d in (10, 16) for b in ("pairs, k=2", "anchors, k=1")
+    }
+    assert all(r.get("same", True) for r in rows)  # both exact searches agree
+    assert "faiss / kdtree" in capsys.readouterr().out

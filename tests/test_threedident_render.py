@@ -59,9 +59,43 @@ def test_factors_sampling_and_ranges() -> None:
     assert np.abs(per[:, [0, 1, 2, 4]]).max() <= 1
     phys = to_physical(per, "periodic")
     assert phys[:, 7:].min() >= 0 and phys[:, 7:].max() < 1
-    assert np.abs(phys[:, 4]).max() <= np.pi / 2  # beta on a half turn
+    assert np.abs(phys[:, 4]).max() <= np.pi / 3  # beta inside a half turn (scene 3)
+    assert np.abs(to_physical(box, "box")[:, 4]).max() <= np.pi / 3
     with pytest.raises(ConfigError, match="mode"):
         sample_latents(3, "sphere", 0)
+
+
+def _turn_axes(a: np.ndarray, b: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World axes about which the orientation Rz(g) Ry(b) Rx(a) turns when alpha, and when gamma,
+    move: read from the rotation matrices by central differences (omega = dR R^T)."""
+    eps = 1e-6
+    rot = scene.euler_xyz(a, b, g)
+
+    def axis(d_rot: np.ndarray) -> np.ndarray:
+        w = d_rot @ np.swapaxes(rot, 1, 2)
+        vec = np.stack([w[:, 2, 1], w[:, 0, 2], w[:, 1, 0]], 1)
+        return vec / np.linalg.norm(vec, axis=1, keepdims=True)
+
+    d_a = (scene.euler_xyz(a + eps, b, g) - scene.euler_xyz(a - eps, b, g)) / (2 * eps)
+    d_g = (scene.euler_xyz(a, b, g + eps) - scene.euler_xyz(a, b, g - eps)) / (2 * eps)
+    return axis(d_a), axis(d_g)
+
+
+@pytest.mark.parametrize("mode", ["box", "periodic"])
+def test_alpha_and_gamma_stay_clear_of_the_gimbal_lock(mode: str) -> None:
+    # alpha turns the teapot about Rz(g) Ry(b) e_x, gamma about e_z; the cosine of the angle between
+    # the two axes is -sin(beta). At beta = pi/2 (scene 2's edge) they coincide and only alpha +- gamma
+    # shows in the image; scene 3 keeps them >= 30 degrees apart everywhere, the edges included.
+    z = sample_latents(4000, mode, 5)
+    z[:8, 4] = np.repeat([-1.0, 1.0], 4)  # the faces of beta's interval
+    phys = to_physical(z, mode)
+    ax_a, ax_g = _turn_axes(phys[:, 3], phys[:, 4], phys[:, 5])
+    cos = np.abs((ax_a * ax_g).sum(1))
+    np.testing.assert_allclose(cos, np.abs(np.sin(phys[:, 4])), atol=1e-6)
+    assert np.degrees(np.arccos(cos.max())) >= 30 - 1e-4
+    lock = np.full(1, np.pi / 2)
+    ax_a, ax_g = _turn_axes(lock * 0.3, lock, lock * -0.2)
+    assert abs(float((ax_a * ax_g).sum())) > 1 - 1e-6  # what scene 2 allowed: one axis
 
 
 def test_periodic_orientations_are_drawn_once() -> None:
@@ -246,6 +280,11 @@ def test_datasets_of_a_retired_scene_are_refused_by_name(tmp_path: Path) -> None
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="^renderer: "):  # nor is it resumed
         store.render_dataset(out, n=3, size=16, progress=False)
+    for renderer in ("preview 3", "blender 5.0.1 cycles, scene 2"):  # scene 2: beta to the lock
+        manifest["renderer"] = renderer
+        (out / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ConfigError, match=f"renderer '{renderer}' drew scene 2 .*gimbal lock"):
+            load_image_dataset(out)
 
 
 def test_grid_command_writes_a_png(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ a background (hue, direction of a brightness gradient).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
@@ -20,7 +21,13 @@ import yaml
 from clinvert.cli import main
 from clinvert.config import ConfigError, validate_config
 from clinvert.data.images import load_image_dataset
-from clinvert.data.pairs import NearestNeighbours, PairBatches, embed_latents, make_pair_loader
+from clinvert.data.pairs import (
+    NearestNeighbours,
+    PairBatches,
+    auto_backend,
+    embed_latents,
+    make_pair_loader,
+)
 from clinvert.data.threedident.factors import FACTORS, circular_factors
 from clinvert.latents import NoiseLaw
 from clinvert.models import make_model
@@ -182,6 +189,47 @@ def test_faiss_and_kdtree_agree() -> None:
         torch.set_num_threads(threads)
     b = NearestNeighbours(points, "kdtree").search(queries, k=2)
     assert a.shape == (300, 2) and np.array_equal(a, b)
+
+
+def test_auto_backend_follows_the_measured_crossover() -> None:
+    # benchmarks/bench_neighbours.py: a KD-tree wins in ten dimensions at every size and in the
+    # 16 of a periodic embedding from 200k points; faiss's flat search at 40k points x 16
+    assert auto_backend(40_000, 10) == "kdtree" and auto_backend(400_000, 10) == "kdtree"
+    assert auto_backend(200_000, 16) == "kdtree"
+    faiss_or_tree = "kdtree" if importlib.util.find_spec("faiss") is None else "faiss"
+    assert auto_backend(40_000, 16) == faiss_or_tree
+    assert NearestNeighbours(np.zeros((5, 10), np.float32)).backend == "kdtree"
+    with pytest.raises(ValueError, match=r"points must be \[N, m\]"):
+        NearestNeighbours(np.zeros(5, np.float32))
+
+
+@pytest.mark.parametrize("mode", ["box", "periodic"])
+@pytest.mark.parametrize("backend", ["faiss", "kdtree"])
+def test_anchor_batches_hold_the_pair_batches_anchors(tmp_path: Path, mode, backend) -> None:
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    ds = load_image_dataset(write_toy_dataset(tmp_path / mode, 150, mode=mode))
+    law = NoiseLaw("normal", 0.05)
+    pairs = PairBatches(ds, law, batch_size=32, seed=3, backend=backend)
+    anchors = PairBatches(ds, law, batch_size=32, seed=3, backend=backend, anchors_only=True)
+    for k in (0, 7):
+        full, alone = pairs[k], anchors[k]
+        assert sorted(alone) == ["index", "x", "z"]
+        for key in alone:
+            assert torch.equal(alone[key], full[key]), key
+
+
+def test_supervised_image_runs_load_anchors_only(toy) -> None:
+    from clinvert.data.threedident.source import ThreeDIdentSource
+
+    cfg = validate_config(image_config(toy))
+    assert not ThreeDIdentSource(cfg, torch.device("cpu")).batches.anchors_only
+    sup = json.loads(json.dumps(image_config(toy)))
+    sup["train"]["objective"] = "supervised"
+    source = ThreeDIdentSource(validate_config(sup), torch.device("cpu"))
+    assert source.batches.anchors_only
+    x, z = source.labelled(0)
+    assert x.shape[0] == z.shape[0] == sup["train"]["batch_size"]
 
 
 def test_loader_with_workers_yields_the_same_batches(toy) -> None:

@@ -455,9 +455,10 @@ def _add_threedident(sub: argparse._SubParsersAction) -> None:
         help="R² of the three rotations per bin of |beta| (distance from gimbal lock)",
         description=(
             "Re-apply each finished 3DIdent run's encoder to its held-out images and print the "
-            "held-out R² of rot_alpha, rot_beta and rot_gamma per bin of |beta|: at |beta| = 1 "
-            "(pi/2) the Euler angles alpha and gamma turn about one axis and only their sum or "
-            "difference shows in the image (gimbal lock); near it they are hard to tell apart."
+            "held-out R² of rot_alpha, rot_beta and rot_gamma per bin of |beta|: at beta = pi/2 "
+            "the Euler angles alpha and gamma turn about one axis and only their sum or "
+            "difference shows in the image (gimbal lock); near it they are hard to tell apart. "
+            "Latent |beta| = 1 is pi/2 on scene 2, pi/3 since scene 3."
         ),
         epilog="example:\n  clinvert threedident gimbal runs/a runs/b --out gimbal.md\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -475,7 +476,7 @@ def _add_threedident(sub: argparse._SubParsersAction) -> None:
             "nearest rendered image) and 'exact' (z~ as drawn from the conditional)."
         ),
         epilog=(
-            "example:\n  clinvert threedident objective configs/threedident/s2-box-normal-conv.yaml "
+            "example:\n  clinvert threedident objective configs/threedident/s3-box-normal-conv.yaml "
             "\\\n      --set train.batch_size=512 --out objective.md\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -5,9 +5,11 @@ rendered latent (exact search), never the same image twice.
   normal) truncated to the box. In ``periodic`` datasets the angle factors are angles in
   [-pi, pi): their coordinates are drawn in units of pi (noise scale ``scale * pi``) and wrapped
   instead of truncated, and the search uses a (cos, sin) embedding of every angle.
-* Snapping: one exact nearest-neighbour search per batch for all 2B queries, k = 2 (faiss
-  ``IndexFlatL2``, or scipy's ``cKDTree`` when faiss is not installed). z~ takes its nearest image
-  unless that is z's image, then its second nearest.
+* Snapping: one exact nearest-neighbour search per batch for all 2B queries, k = 2 (scipy's
+  ``cKDTree`` or faiss ``IndexFlatL2``, whichever :func:`auto_backend` measured faster for the
+  points' size and width). z~ takes its nearest image unless that is z's image, then its second
+  nearest. Batches of anchors only (``anchors_only``, the supervised objective's) search z alone and
+  return the same anchors.
 * The returned latents are those of the returned images (what the encoder sees), not the queries.
 
 Batch ``k`` is a pure function of (seed, stream, k): :class:`PairBatches` is a map-style dataset of
@@ -37,7 +39,30 @@ except ImportError:  # pragma: no cover - exercised only where faiss is absent
     faiss = None
 
 NN_BACKENDS = ("auto", "faiss", "kdtree")
-__all__ = ["NearestNeighbours", "PairBatches", "batch_seed", "embed_latents", "make_pair_loader"]
+__all__ = [
+    "NearestNeighbours",
+    "PairBatches",
+    "auto_backend",
+    "batch_seed",
+    "embed_latents",
+    "make_pair_loader",
+]
+
+#: ``auto`` picks faiss's flat search only for points wider than this and fewer than
+#: ``FAISS_BELOW_ROWS`` of them; a KD-tree otherwise (benchmarks/bench_neighbours.py: 256 queries,
+#: k = 2, one thread, 2026-12-05: the KD-tree 1.7x faster at 40k x 10, 6.9x at 400k x 10, 2.4x at
+#: 400k x 16; faiss 1.4x faster at 40k x 16, a periodic dataset's (cos, sin) embedding)
+FAISS_ABOVE_DIMS = 12
+FAISS_BELOW_ROWS = 100_000
+
+
+def auto_backend(rows: int, dims: int) -> str:
+    """The exact search ``auto`` uses for ``rows`` points of ``dims`` coordinates: ``kdtree``
+    (scipy's ``cKDTree``) for low-dimensional or large sets, ``faiss`` (``IndexFlatL2``) for small
+    wide ones, ``kdtree`` whenever faiss is not installed. Both are exact; they return the same
+    neighbours but at exact ties of distance."""
+    wide_and_small = dims > FAISS_ABOVE_DIMS and rows < FAISS_BELOW_ROWS
+    return "faiss" if wide_and_small and faiss is not None else "kdtree"
 
 
 class NearestNeighbours:
@@ -48,7 +73,7 @@ class NearestNeighbours:
 
     Args:
         points: [N, m] points to search.
-        backend: ``faiss``, ``kdtree`` or ``auto`` (faiss when installed).
+        backend: ``faiss``, ``kdtree`` or ``auto`` (:func:`auto_backend` of the points' shape).
     """
 
     def __init__(self, points: np.ndarray, backend: str = "auto") -> None:
@@ -56,10 +81,10 @@ class NearestNeighbours:
             raise ValueError(f"backend must be one of {', '.join(NN_BACKENDS)}, got {backend!r}")
         if backend == "faiss" and faiss is None:
             raise ImportError("faiss is not installed (pip install faiss-cpu); use backend kdtree")
-        self.backend = "faiss" if backend == "auto" and faiss is not None else backend
-        if self.backend == "auto":
-            self.backend = "kdtree"
         self.points = np.ascontiguousarray(points, dtype=np.float32)
+        if self.points.ndim != 2:
+            raise ValueError(f"points must be [N, m], got shape {list(self.points.shape)}")
+        self.backend = auto_backend(*self.points.shape) if backend == "auto" else backend
         self._index: Any = None
         self._pid: int | None = None
 
@@ -108,6 +133,9 @@ class PairBatches(Dataset):
         box: (low, high) of the linear factors (the dataset's [-1, 1]).
         backend: nearest-neighbour backend (see :class:`NearestNeighbours`).
         shards: which shards of each batch this process draws (default: all of a one-shard batch).
+        anchors_only: return the anchors alone (``x``, ``z``, ``index``), for an objective that
+            never looks at z~ (the supervised one): z~ is still drawn, so the random stream and
+            the anchors are those of the pair batch, but not searched for (half the search).
 
     An item is a dict with ``x``, ``x_tilde`` (uint8 [B, S, S, 3]), ``z``, ``z_tilde`` (float32
     [B, n], the latents of the returned images) and ``index``, ``index_tilde`` (int64 [B]).
@@ -123,6 +151,7 @@ class PairBatches(Dataset):
         box: tuple[float, float] = (-1.0, 1.0),
         backend: str = "auto",
         shards: Shards | None = None,
+        anchors_only: bool = False,
     ) -> None:
         if len(dataset) < 2:
             raise ValueError(f"a pair needs two distinct images, the dataset has {len(dataset)}")
@@ -135,6 +164,7 @@ class PairBatches(Dataset):
         self.seed, self.stream = int(seed), int(stream)
         self.box = Box(self.latents.shape[1], *box)
         self.nn = NearestNeighbours(embed_latents(self.latents, self.periodic), backend)
+        self.anchors_only = bool(anchors_only)
         self._images: np.ndarray | None = dataset.images
 
     def __len__(self) -> int:
@@ -188,10 +218,21 @@ class PairBatches(Dataset):
         second = np.where(partner[:, 0] == first, partner[:, 1], partner[:, 0])
         return first, second
 
+    def snap_anchors(self, z: np.ndarray) -> np.ndarray:
+        """Indices of the nearest rendered latents of z alone: :meth:`snap`'s first half."""
+        return self.nn.search(embed_latents(z, self.periodic), k=1)[:, 0]
+
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         z_query, z_tilde_query = self.sample_latents(int(index))
-        i, j = self.snap(z_query.numpy(), z_tilde_query.numpy())
         images = self.images
+        if self.anchors_only:
+            i = self.snap_anchors(z_query.numpy())
+            return {
+                "x": torch.from_numpy(np.ascontiguousarray(images[i])),
+                "z": torch.from_numpy(self.latents[i]),
+                "index": torch.from_numpy(i),
+            }
+        i, j = self.snap(z_query.numpy(), z_tilde_query.numpy())
         return {
             "x": torch.from_numpy(np.ascontiguousarray(images[i])),
             "x_tilde": torch.from_numpy(np.ascontiguousarray(images[j])),

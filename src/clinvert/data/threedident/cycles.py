@@ -32,7 +32,7 @@ from clinvert.data.threedident.teapot import teapot_mesh
 from clinvert.errors import ConfigError
 from clinvert.runtime import available_cores
 
-VERSION = "blender 5.0.1 cycles, scene 2"
+VERSION = "blender 5.0.1 cycles, scene 3"
 #: default samples per pixel (with OpenImageDenoise): 8 is clean at 64 x 64 (mean abs. difference
 #: to 128 spp 0.6 of 255; 1 spp leaves speckles); ~0.11 s per image with one worker per core here
 DEFAULT_SAMPLES = 8

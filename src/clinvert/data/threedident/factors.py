@@ -16,12 +16,19 @@ Two coordinate modes:
     six factors live on circles and are stored as angles in [-pi, pi): the first and last Euler
     angles (alpha, gamma), the spotlight angle and the three hues. They map to the physical quantity
     over a full turn (angles in radians as they are, a hue ``h`` in [0, 1) as ``(z + pi) / (2 pi)``).
-    The middle Euler angle beta stays an interval, [-1, 1] onto a half turn [-pi/2, pi/2] as in
-    ``box``, and so do the positions. This is what makes the mode identifiable: alpha and gamma on
-    full turns with beta on a half turn reach every orientation exactly once (away from the gimbal
-    lock at beta = +-pi/2), whereas three full turns reach each twice ((a, b, g) and
-    (a + pi, pi - b, g + pi) are one rotation). Datasets rendered before this rule (beta on a full
-    turn) lack the manifest's ``circular`` list and are refused by name.
+    The middle Euler angle beta stays an interval, [-1, 1] onto [-pi/3, pi/3] as in ``box``, and so
+    do the positions. This is what makes the mode identifiable: alpha and gamma on full turns with
+    beta inside a half turn reach every orientation they reach exactly once, whereas three full
+    turns reach each twice ((a, b, g) and (a + pi, pi - b, g + pi) are one rotation). Datasets
+    rendered before this rule (beta on a full turn) lack the manifest's ``circular`` list and are
+    refused by name.
+
+Why beta stops at +-pi/3 (scene 3): at beta = +-pi/2 the Euler angles meet their gimbal lock, where
+alpha and gamma turn about one axis and only their sum or difference shows in the image: the map from
+latents to images is not injective there, and near it its inverse is steep (alpha and gamma are
+resolved in proportion to cos(beta)). Scene 2 let beta reach +-pi/2; its supervised ceiling read
+alpha and gamma to R² 0.95-0.97 for |beta| < 0.9 pi/2 and 0.6-0.7 within 9 degrees of the lock
+(results/threedident/README.md). Scene 3 keeps beta 30 degrees away (cos(beta) >= 1/2).
 
 Physical units (``to_physical``): positions in scene units (the teapot is scaled to a half-length of
 1, see :mod:`~clinvert.data.threedident.teapot`), angles in radians, hues in [0, 1).
@@ -53,6 +60,9 @@ MODES: tuple[str, ...] = ("box", "periodic")
 PERIODIC: tuple[int, ...] = (3, 5, 6, 7, 8, 9)
 _HUES = (7, 8, 9)
 
+#: the middle Euler angle's largest magnitude (radians), both modes: 30 degrees short of the gimbal lock
+BETA_MAX = math.pi / 3
+
 #: physical interval of each factor in ``box`` mode (latent -1 -> low, +1 -> high)
 BOX_RANGES: dict[str, tuple[float, float]] = {
     # object centre in scene units (the teapot's bounding radius is 1.04): the camera is placed so
@@ -60,9 +70,10 @@ BOX_RANGES: dict[str, tuple[float, float]] = {
     "pos_x": (-0.5, 0.5),
     "pos_y": (-0.5, 0.5),
     "pos_z": (-0.3, 0.3),
-    # Euler angles (Blender 'XYZ': R = Rz(gamma) Ry(beta) Rx(alpha)), a half turn each
+    # Euler angles (Blender 'XYZ': R = Rz(gamma) Ry(beta) Rx(alpha)): alpha and gamma a half turn,
+    # beta two thirds of one, 30 degrees short of the gimbal lock at +-pi/2 (module docstring)
     "rot_alpha": (-math.pi / 2, math.pi / 2),
-    "rot_beta": (-math.pi / 2, math.pi / 2),
+    "rot_beta": (-BETA_MAX, BETA_MAX),
     "rot_gamma": (-math.pi / 2, math.pi / 2),
     # spotlight azimuth on its circle above the object: 3/4 of a turn, so -1 and +1 differ
     "spot_angle": (-0.75 * math.pi, 0.75 * math.pi),
@@ -145,7 +156,7 @@ def to_physical(latents: np.ndarray, mode: str) -> np.ndarray:
     """Map latents ``[n, 10]`` in ``mode``'s coordinates to physical values (float64 [n, 10]).
 
     Columns keep the factor order: position (scene units), three Euler angles and the spotlight
-    azimuth (radians), three hues in [0, 1). In both modes beta lies in [-pi/2, pi/2].
+    azimuth (radians), three hues in [0, 1). In both modes beta lies in [-BETA_MAX, BETA_MAX].
     """
     check_mode(mode)
     z = np.asarray(latents, dtype=np.float64)

@@ -24,8 +24,9 @@ from clinvert.data.threedident import scene
 from clinvert.data.threedident.factors import to_physical
 from clinvert.data.threedident.teapot import teapot_mesh
 
-#: 2: no MKL kernels (bytes independent of heap layout); 3: scene 2 (the teapot twice as large)
-VERSION = "preview 3"
+#: 2: no MKL kernels (bytes independent of heap layout); 3: scene 2 (the teapot twice as large);
+#: 4: scene 3 (rot_beta within +-60 degrees, away from the gimbal lock)
+VERSION = "preview 4"
 _CANDIDATES_PER_CHUNK = 3_000_000  # bounds memory of the rasteriser (candidate pixels per chunk)
 
 

@@ -1,8 +1,9 @@
 """The fixed 3DIdent scene shared by the preview and Cycles renderers (scene units, z up).
 
 - Teapot: the mesh of :func:`~clinvert.data.threedident.teapot.teapot_mesh` (half-length 1),
-  rotated about its centre by Euler angles (R = Rz(gamma) Ry(beta) Rx(alpha)), then moved to
-  ``(pos_x, pos_y, pos_z)``.
+  rotated about its centre by Euler angles (R = Rz(gamma) Ry(beta) Rx(alpha); since scene 3 beta
+  stays within +-pi/3, away from the gimbal lock: :mod:`~clinvert.data.threedident.factors`), then
+  moved to ``(pos_x, pos_y, pos_z)``.
 - Ground: the plane ``z = GROUND_Z`` (below the lowest point any pose can reach), coloured by the
   background hue; it fills the whole frame.
 - Spotlight: on a circle of radius ``SPOT_RADIUS`` at height ``SPOT_HEIGHT`` above the object centre,
@@ -26,12 +27,14 @@ import math
 import numpy as np
 
 #: the scene's version, part of both renderers' version strings; datasets of older scenes are refused
-SCENE = 2
+SCENE = 3
 #: renderer versions of earlier scenes: their datasets are refused by name (see ``retired``)
 RETIRED_RENDERERS: dict[str, str] = {
     "preview 1": "scene 1 (the teapot about 5 % of the frame)",
     "preview 2": "scene 1 (the teapot about 5 % of the frame)",
     "blender 5.0.1 cycles": "scene 1 (the teapot about 5 % of the frame)",
+    "preview 3": "scene 2 (rot_beta reaching the gimbal lock at +-90 degrees)",
+    "blender 5.0.1 cycles, scene 2": "scene 2 (rot_beta reaching the gimbal lock at +-90 degrees)",
 }
 GROUND_Z = -1.4
 CAMERA_TARGET = (0.0, 0.0, 0.0)

@@ -113,6 +113,7 @@ class ThreeDIdentSource(PairSource):
             STREAM_TRAIN,
             box=(cfg.latent.box[0], cfg.latent.box[1]),
             shards=Shards.of(cfg),
+            anchors_only=cfg.train.objective == "supervised",
         )
         self.eval_count = min(cfg.eval.samples, len(self.test))
         self.z_test = torch.tensor(self.test.latents[: self.eval_count])  # a copy: aligned

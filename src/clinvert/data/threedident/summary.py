@@ -207,9 +207,9 @@ def plot_factor_curves(runs: list[str | Path], out: str | Path) -> Path:
     return out
 
 
-#: Bins of |beta| (the middle Euler angle, in latent units) for :func:`gimbal_table`: beta = ±1 is
-#: ±pi/2, where alpha and gamma turn about one axis and only their sum or difference shows (near it,
-#: almost only).
+#: Bins of |beta| (the middle Euler angle, in latent units) for :func:`gimbal_table`. On scene 2
+#: latent ±1 was ±pi/2, where alpha and gamma turn about one axis and only their sum or difference
+#: shows (near it, almost only); since scene 3 it is ±pi/3, 30 degrees short of that lock.
 GIMBAL_EDGES = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
@@ -233,10 +233,11 @@ def _encode_test_images(run: Path, cfg: Any) -> tuple[Any, Any]:
 def gimbal_table(runs: list[str | Path], edges: tuple[float, ...] = GIMBAL_EDGES) -> str:
     """Markdown table: each run's held-out R² of the three rotations per bin of |beta|.
 
-    The rotation latents are Euler angles (R = Rz(gamma) Ry(beta) Rx(alpha), each in [-pi/2, pi/2]
-    as in the paper's 3DIdent); at |beta| = pi/2 (latent ±1) alpha and gamma turn about one axis
-    and only their sum or difference changes the image (gimbal lock), and near it they are hard to
-    tell apart one by one. The table shows how much of a run's rotation error sits near that lock. Each run's
+    The rotation latents are Euler angles (R = Rz(gamma) Ry(beta) Rx(alpha)); at |beta| = pi/2
+    alpha and gamma turn about one axis and only their sum or difference changes the image (gimbal
+    lock), and near it they are hard to tell apart one by one. Scene 2 drew beta up to pi/2 (latent
+    ±1), scene 3 up to pi/3 (:data:`~clinvert.data.threedident.factors.BETA_MAX`). The table shows
+    how much of a run's rotation error sits near the largest |beta|. Each run's
     encoder is re-applied to its ``data.test_dir`` (the first ``eval.samples`` images, as in
     training) and scored by :func:`clinvert.metrics.r2_per_dim_by_bins` (the same halves as the
     run's own R²; each bin on the scale of the whole test half's variance).
