@@ -49,9 +49,9 @@ __all__ = [
 ]
 
 #: ``auto`` picks faiss's flat search only for points wider than this and fewer than
-#: ``FAISS_BELOW_ROWS`` of them; a KD-tree otherwise (benchmarks/bench_neighbours.py: 256 queries,
-#: k = 2, one thread, 2026-12-05: the KD-tree 1.7x faster at 40k x 10, 6.9x at 400k x 10, 2.4x at
-#: 400k x 16; faiss 1.4x faster at 40k x 16, a periodic dataset's (cos, sin) embedding)
+#: ``FAISS_BELOW_ROWS`` of them; a KD-tree otherwise (benchmarks/README.md, 2026-12-05: per pair
+#: batch, one thread, the KD-tree 3.2x faster at 40k x 10, 10x at 400k x 10, 1.9x at 400k x 16; at
+#: 40k x 16, a periodic dataset's (cos, sin) embedding, faiss was ahead in two runs of three)
 FAISS_ABOVE_DIMS = 12
 FAISS_BELOW_ROWS = 100_000
 
