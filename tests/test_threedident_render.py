@@ -245,8 +245,9 @@ def test_object_in_frame_at_the_corners_of_the_position_box() -> None:
 
 
 #: Fraction of pixels that change when one factor moves by 0.5 (mean over random poses) must be at
-#: least this: measured 0.09-0.11 for the rotations and the object hue (the object's share of the
-#: frame), 0.10 for pos_z, 0.17-0.9 for the rest, at 64 x 64 on scene 2 (scene 1: 0.04-0.05).
+#: least this: measured 0.087 for rot_beta (within +-60 degrees), 0.10-0.11 for the other rotations
+#: and the object hue (the object's share of the frame), 0.12 for pos_z, 0.19-0.9 for the rest, at
+#: 64 x 64 on scene 3 (scene 2: 0.09-0.11 for the rotations; scene 1: 0.04-0.05).
 PIXEL_CHANGE_FLOOR = 0.07
 
 
