@@ -318,12 +318,19 @@ class RunConfig(_Section):
         return self.mixing.seed if self.mixing.seed is not None else self.train.seed
 
 
+def format_param(value: Any) -> str:
+    """A law parameter as tables write it: ``0.3``, or ``[0.5, 0.1]`` for one per latent."""
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(f"{v:g}" for v in value) + "]"
+    return f"{value:g}"
+
+
 def _law(spec: Any, registry: Registry[Any]) -> str:
     law = registry.get(spec.name)
     params = {k: v for k, v in spec.model_dump().items() if k != "name"}
     label = getattr(law, "label", "") or spec.name
     symbols = getattr(law, "symbols", {})
-    inner = ", ".join(f"{symbols.get(k, k)}={v:g}" for k, v in params.items())
+    inner = ", ".join(f"{symbols.get(k, k)}={format_param(v)}" for k, v in params.items())
     return f"{label}({inner})" if inner else label
 
 
@@ -432,6 +439,12 @@ def _check_combinations(cfg: RunConfig) -> None:
             raise ConfigError(
                 f"latent.{field}.name: {name} is only defined on {where}, got "
                 f"space={latent.space} (allowed there: {', '.join(there)})"
+            )
+        scale = getattr(getattr(latent, field), "scale", None)
+        if isinstance(scale, list) and len(scale) != latent.dim:
+            raise ConfigError(
+                f"latent.{field}.scale: one number or one per latent ({latent.dim} numbers), "
+                f"got {len(scale)}"
             )
     if model.output == "sphere" and (model.output_dim or latent.dim) < 2:
         raise ConfigError(

@@ -8,8 +8,9 @@ rendered latent (exact search), never the same image twice.
 * Snapping: one exact nearest-neighbour search per batch for all 2B queries, k = 2 (scipy's
   ``cKDTree`` or faiss ``IndexFlatL2``, whichever :func:`auto_backend` measured faster for the
   points' size and width). z~ takes its nearest image unless that is z's image, then its second
-  nearest. Batches of anchors only (``anchors_only``, the supervised objective's) search z alone and
-  return the same anchors.
+  nearest. A law with one scale per latent (a diagonal law, box mode only) searches in its own
+  metric, every coordinate divided by its scale. Batches of anchors only (``anchors_only``, the
+  supervised objective's) search z alone and return the same anchors.
 * The returned latents are those of the returned images (what the encoder sees), not the queries.
 
 Batch ``k`` is a pure function of (seed, stream, k): :class:`PairBatches` is a map-style dataset of
@@ -163,7 +164,17 @@ class PairBatches(Dataset):
         self.shards = shards or Shards(1, 0, 1, self.batch_size)
         self.seed, self.stream = int(seed), int(stream)
         self.box = Box(self.latents.shape[1], *box)
-        self.nn = NearestNeighbours(embed_latents(self.latents, self.periodic), backend)
+        # A per-latent law snaps in its own metric: coordinates divided by their scales, so the
+        # nearest image is the one the diagonal law makes most likely (one scale: plain distance).
+        self.weights: np.ndarray | None = None
+        if law.per_latent:
+            if self.periodic.any():
+                raise ValueError(
+                    f"{law!r}: one scale per latent needs box-mode latents; periodic ones take "
+                    "one number"
+                )
+            self.weights = (1.0 / law.scales(self.latents.shape[1])).astype(np.float32)
+        self.nn = NearestNeighbours(self._embed(self.latents), backend)
         self.anchors_only = bool(anchors_only)
         self._images: np.ndarray | None = dataset.images
 
@@ -208,9 +219,15 @@ class PairBatches(Dataset):
         scale = torch.where(periodic, torch.tensor(np.pi, dtype=z.dtype), torch.ones(()))
         return z * scale, z_tilde * scale
 
+    def _embed(self, latents: np.ndarray) -> np.ndarray:
+        """The search coordinates of latents [N, n]: the angle embedding, or the latents divided
+        by a per-latent law's scales."""
+        points = embed_latents(latents, self.periodic)
+        return points if self.weights is None else points * self.weights
+
     def snap(self, z: np.ndarray, z_tilde: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Indices of the nearest rendered latents of z and z~ (one search), never equal."""
-        queries = embed_latents(np.concatenate([z, z_tilde]), self.periodic)
+        queries = self._embed(np.concatenate([z, z_tilde]))
         nearest = self.nn.search(queries, k=2)
         batch = z.shape[0]
         first = nearest[:batch, 0]
@@ -220,7 +237,7 @@ class PairBatches(Dataset):
 
     def snap_anchors(self, z: np.ndarray) -> np.ndarray:
         """Indices of the nearest rendered latents of z alone: :meth:`snap`'s first half."""
-        return self.nn.search(embed_latents(z, self.periodic), k=1)[:, 0]
+        return self.nn.search(self._embed(z), k=1)[:, 0]
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         z_query, z_tilde_query = self.sample_latents(int(index))

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from clinvert.latents.spaces import Box, Space, Sphere
@@ -191,28 +193,63 @@ def vmf_mean_cosine(dim: int, kappa: float) -> float:
 # Marginals and conditionals
 # --------------------------------------------------------------------------------------------------
 class NoiseLaw:
-    """A centred noise law with named parameters: normal{scale}, laplace{scale}, gennorm{beta, scale}."""
+    """A centred noise law with named parameters: normal{scale}, laplace{scale}, gennorm{beta, scale}.
 
-    def __init__(self, name: str, scale: float, beta: float | None = None) -> None:
+    ``scale`` is one number (the same law on every coordinate) or one per latent (a diagonal
+    law: coordinate ``i`` drawn with ``scale[i]``); a per-latent law draws shapes whose last axis
+    has ``len(scale)`` entries.
+    """
+
+    def __init__(
+        self, name: str, scale: float | Sequence[float], beta: float | None = None
+    ) -> None:
         if name not in ("normal", "laplace", "gennorm"):
             raise ValueError(f"noise name must be one of normal, laplace, gennorm; got {name!r}")
-        if not scale > 0:
-            raise ValueError(f"{name}.scale must be > 0, got {scale}")
+        scales = tuple(float(v) for v in scale) if isinstance(scale, Sequence) else (float(scale),)
+        if not scales or not all(v > 0 and math.isfinite(v) for v in scales):
+            raise ValueError(
+                f"{name}.scale must be > 0 (one number or one per latent), got {scale}"
+            )
         if name == "gennorm" and not (beta is not None and beta > 0):
             raise ValueError(f"gennorm.beta must be > 0, got {beta}")
-        self.name, self.scale, self.beta = name, float(scale), beta
+        self.name, self.beta = name, beta
+        self.scale: float | tuple[float, ...] = scales if isinstance(scale, Sequence) else scales[0]
+
+    @property
+    def per_latent(self) -> bool:
+        """Whether the law has one scale per latent (a diagonal law)."""
+        return isinstance(self.scale, tuple)
+
+    def scales(self, dim: int) -> np.ndarray:
+        """The scale of each of ``dim`` coordinates (float64 [dim]).
+
+        Raises:
+            ValueError: a per-latent law whose number of scales is not ``dim``.
+        """
+        if not self.per_latent:
+            return np.full(dim, float(self.scale))
+        if len(self.scale) != dim:
+            raise ValueError(f"{self.name}.scale has {len(self.scale)} entries for {dim} latents")
+        return np.asarray(self.scale, dtype=np.float64)
 
     def sample(self, shape: tuple[int, ...], generator, device) -> Tensor:
         """Draw centred noise of the given shape."""
+        if not self.per_latent:
+            return self._draw(shape, float(self.scale), generator, device)
+        scale = torch.as_tensor(self.scales(shape[-1]), dtype=torch.float32, device=device)
+        return self._draw(shape, 1.0, generator, device) * scale
+
+    def _draw(self, shape: tuple[int, ...], scale: float, generator, device) -> Tensor:
         if self.name == "normal":
-            return normal_noise(shape, self.scale, generator, device)
+            return normal_noise(shape, scale, generator, device)
         if self.name == "laplace":
-            return laplace_noise(shape, self.scale, generator, device)
-        return gennorm_noise(shape, float(self.beta), self.scale, generator, device)
+            return laplace_noise(shape, scale, generator, device)
+        return gennorm_noise(shape, float(self.beta), scale, generator, device)
 
     def __repr__(self) -> str:
         beta = f", beta={self.beta}" if self.name == "gennorm" else ""
-        return f"{self.name}(scale={self.scale}{beta})"
+        scale = list(self.scale) if self.per_latent else self.scale
+        return f"{self.name}(scale={scale}{beta})"
 
 
 def truncated_add(
@@ -221,17 +258,27 @@ def truncated_add(
     """centre + noise, every coordinate resampled until it lies in ``box`` (truncated law).
 
     Each round redraws only the coordinates still outside (a few per cent of them after the first
-    round), so the cost is about one draw of the noise instead of one per round.
+    round), so the cost is about one draw of the noise instead of one per round. A per-latent law
+    redraws whole rows of noise and keeps the coordinates that were outside, so that each
+    coordinate keeps its own scale.
     """
     out = centre + noise.sample(tuple(centre.shape), generator, centre.device)
-    flat_out, flat_centre = out.view(-1), centre.reshape(-1)
-    todo = torch.nonzero(~box.inside(flat_out)).squeeze(1)
-    for _ in range(MAX_TRUNCATION_ROUNDS):
-        if todo.numel() == 0:
-            return out
-        fresh = flat_centre[todo] + noise.sample((todo.numel(),), generator, centre.device)
-        flat_out[todo] = fresh
-        todo = todo[~box.inside(fresh)]
+    if noise.per_latent:
+        for _ in range(MAX_TRUNCATION_ROUNDS):
+            outside = ~box.inside(out)
+            if not bool(outside.any()):
+                return out
+            fresh = centre + noise.sample(tuple(centre.shape), generator, centre.device)
+            out = torch.where(outside, fresh, out)
+    else:
+        flat_out, flat_centre = out.view(-1), centre.reshape(-1)
+        todo = torch.nonzero(~box.inside(flat_out)).squeeze(1)
+        for _ in range(MAX_TRUNCATION_ROUNDS):
+            if todo.numel() == 0:
+                return out
+            fresh = flat_centre[todo] + noise.sample((todo.numel(),), generator, centre.device)
+            flat_out[todo] = fresh
+            todo = todo[~box.inside(fresh)]
     raise ValueError(
         f"{noise!r} is too wide for the box [{box.low}, {box.high}]: coordinates still outside "
         f"after {MAX_TRUNCATION_ROUNDS} resampling rounds; use a smaller scale"
@@ -337,6 +384,10 @@ class NoiseConditional(Conditional):
 # --------------------------------------------------------------------------------------------------
 # Config sections and registrations
 # --------------------------------------------------------------------------------------------------
+#: A noise law's scale: one number, or one per latent (a list of ``latent.dim`` numbers).
+Scale = PositiveFloat | Annotated[list[PositiveFloat], Field(min_length=1)]
+
+
 class UniformSpec(LawSpec):
     """Uniform marginal (sphere or box only)."""
 
@@ -347,14 +398,14 @@ class NormalSpec(LawSpec):
     """Normal law with standard deviation ``scale``."""
 
     name: Literal["normal"]
-    scale: PositiveFloat
+    scale: Scale
 
 
 class LaplaceSpec(LawSpec):
     """Laplace law with scale ``scale``."""
 
     name: Literal["laplace"]
-    scale: PositiveFloat
+    scale: Scale
 
 
 class GennormSpec(LawSpec):
@@ -362,7 +413,7 @@ class GennormSpec(LawSpec):
 
     name: Literal["gennorm"]
     beta: PositiveFloat
-    scale: PositiveFloat
+    scale: Scale
 
 
 class VMFSpec(LawSpec):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from clinvert.config import RunConfig
+from clinvert.config import RunConfig, format_param
 from clinvert.errors import ConfigError
 
 #: Oracle output scales searched (log-spaced); the loss is smooth and one-dipped in log scale.
@@ -216,7 +216,9 @@ def oracle_rows(
 def describe_setting(cfg: RunConfig) -> str:
     """Short label of a config's pairing setting: name, training images, conditional."""
     law = cfg.latent.conditional
-    params = ", ".join(f"{k}={v:g}" for k, v in law.model_dump(exclude={"name"}).items())
+    params = ", ".join(
+        f"{k}={format_param(v)}" for k, v in law.model_dump(exclude={"name"}).items()
+    )
     own = ", self-negatives" if cfg.model.self_negative else ""
     return f"{cfg.name}: {cfg.data.train_dir}, {law.name}({params}){own}"
 
