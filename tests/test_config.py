@@ -57,6 +57,21 @@ def test_defaults_are_the_paper_setting() -> None:
         (["latent.conditional={kappa: 1}"], "latent.conditional", "'name'"),
         (["latent.conditional={name: gennorm, scale: 0.1}"], "latent.conditional.beta", "missing"),
         (["train.device=tpu"], "train.device", "'auto', 'cpu' or 'cuda'"),
+        (
+            ["latent.space=box", "latent.conditional={name: normal, scale: [0.1, 0.2]}"],
+            "latent.conditional.scale",
+            "one number or one per latent (10 numbers), got 2",
+        ),
+        (
+            ["latent.space=box", "latent.conditional={name: laplace, scale: [0.1, -0.2]}"],
+            "latent.conditional.scale",
+            "a list of numbers > 0 (one per latent), got [0.1, -0.2]",
+        ),
+        (
+            ["latent.space=box", "latent.conditional={name: normal, scale: 0}"],
+            "latent.conditional.scale",
+            "must be a number > 0",
+        ),
     ],
 )
 def test_invalid_fields_fail_with_one_line_naming_field_and_allowed(
@@ -166,3 +181,23 @@ def test_claims_are_validated_and_checked() -> None:
     assert low.describe() == "R² ≥ 0.95" and high.describe() == "MCC ≤ 0.8"
     with pytest.raises(ConfigError, match=r"claims\.0\.at_least"):
         validate_config({"claims": [{"metric": "r2", "at_least": 1.5}]})
+
+
+def test_a_per_latent_scale_is_kept_and_labelled() -> None:
+    from clinvert.config import describe_process
+
+    scales = [0.5] * 3 + [0.1] * 3 + [0.5] * 4
+    cfg = load_config(
+        None, ["latent.space=box", f"latent.conditional={{name: normal, scale: {scales}}}"]
+    )
+    assert cfg.latent.conditional.scale == scales
+    assert (
+        describe_process(cfg)
+        == f"box / Uniform / Normal(σ=[{', '.join(f'{v:g}' for v in scales)}])"
+    )
+    assert (
+        load_config(
+            None, ["latent.space=box", "latent.conditional={name: normal, scale: 1}"]
+        ).latent.conditional.scale
+        == 1.0
+    )

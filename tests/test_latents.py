@@ -197,3 +197,58 @@ def test_space_factory_validates() -> None:
         make_space("box", 3, (1.0, 0.0))
     with pytest.raises(ValueError, match="vmf is only defined on the sphere"):
         make_conditional("vmf", kappa=1.0).sample(Box(2), torch.zeros(3, 2), gen(0))
+
+
+# ----- one scale per latent (a diagonal law) --------------------------------------------------------
+SCALES = [0.05, 0.2, 0.5]
+
+
+@pytest.mark.parametrize(
+    "name,params,std_per_scale",
+    [
+        ("normal", {}, 1.0),
+        ("laplace", {}, math.sqrt(2.0)),
+        # |X / s|^beta ~ Gamma(1 / beta, 1): Var X = s^2 Gamma(3 / beta) / Gamma(1 / beta)
+        ("gennorm", {"beta": 1.5}, math.sqrt(gamma_fn(3 / 1.5) / gamma_fn(1 / 1.5))),
+    ],
+)
+def test_per_latent_scales_draw_each_coordinate_at_its_own_scale(
+    name: str, params: dict, std_per_scale: float
+) -> None:
+    process = LatentProcess(
+        Unbounded(3),
+        make_marginal("normal", scale=1.0),
+        make_conditional(name, scale=SCALES, **params),
+    )
+    z, z_tilde = process.sample_pairs(N, gen(0))
+    for i, s in enumerate(SCALES):
+        assert_mean_close(z_tilde[:, i] - z[:, i], 0.0)
+        assert_mean_close((z_tilde[:, i] - z[:, i]) ** 2, (s * std_per_scale) ** 2)
+
+
+def test_per_latent_marginal_is_a_diagonal_law() -> None:
+    z = make_marginal("normal", scale=SCALES).sample(Unbounded(3), N, gen(2), torch.device("cpu"))
+    for i, s in enumerate(SCALES):
+        assert_mean_close(z[:, i] ** 2, s**2)
+
+
+def test_per_latent_box_conditional_truncates_each_coordinate_at_its_own_scale() -> None:
+    # From the box centre each coordinate is Normal(0, s_i) truncated to [-1, 1]: its variance is
+    # the truncated normal's (scipy), 0.774 s^2 at s = 0.5, s^2 to 1e-6 at s = 0.05.
+    box = Box(3, -1.0, 1.0)
+    z_tilde = make_conditional("normal", scale=SCALES).sample(box, torch.zeros(N, 3), gen(3))
+    assert box.contains(z_tilde).all()
+    for i, s in enumerate(SCALES):
+        expected = float(stats.truncnorm(-1 / s, 1 / s, scale=s).var())
+        assert_mean_close(z_tilde[:, i] ** 2, expected)
+
+
+def test_per_latent_scales_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"normal\.scale must be > 0"):
+        make_conditional("normal", scale=[0.1, -0.2])
+    with pytest.raises(ValueError, match=r"normal\.scale must be > 0"):
+        make_conditional("normal", scale=[])
+    cond = make_conditional("laplace", scale=[0.1, 0.2])
+    with pytest.raises(ValueError, match=r"laplace\.scale has 2 entries for 3 latents"):
+        cond.sample(Unbounded(3), torch.zeros(4, 3), gen(0))
+    assert repr(cond) == "laplace(scale=[0.1, 0.2])"

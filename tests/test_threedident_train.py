@@ -175,6 +175,58 @@ def test_pairs_are_distinct_snapped_images_with_their_own_latents(tmp_path: Path
     assert not torch.equal(pairs[6]["index"], batch["index"])
 
 
+@pytest.mark.parametrize("backend", ["faiss", "kdtree"])
+def test_a_diagonal_law_snaps_in_its_own_metric(tmp_path: Path, backend) -> None:
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    ds = load_image_dataset(write_toy_dataset(tmp_path / "box", 300))
+    scales = np.array([0.5] * 3 + [0.05] * 3 + [0.5] * 4)
+    pairs = PairBatches(
+        ds, NoiseLaw("normal", scales.tolist()), batch_size=64, seed=3, backend=backend
+    )
+    batch = pairs[2]
+    i, j = batch["index"].numpy(), batch["index_tilde"].numpy()
+    z_query, z_tilde_query = pairs.sample_latents(2)
+    # Each query's draw has its coordinate's own scale (truncated to the box).
+    assert float((z_tilde_query - z_query)[:, 3:6].abs().max()) < 0.05 * 6
+    # Snapped to the nearest rendered latent with every coordinate divided by its scale ...
+    weighted = ds.latents / scales
+
+    def nearest(q: np.ndarray, k: int) -> np.ndarray:
+        d = (((q / scales)[:, None, :] - weighted[None]) ** 2).sum(-1)
+        return np.argsort(d, axis=1, kind="stable")[:, :k]
+
+    assert np.array_equal(nearest(z_query.numpy(), 1)[:, 0], i)
+    two = nearest(z_tilde_query.numpy(), 2)
+    assert np.array_equal(np.where(two[:, 0] == i, two[:, 1], two[:, 0]), j)
+    # ... which is not the plain nearest one: the pairs are closer on the small-scale latents.
+    plain = PairBatches(ds, NoiseLaw("normal", 0.5), batch_size=64, seed=3, backend=backend)
+    assert not np.array_equal(plain.snap(z_query.numpy(), z_tilde_query.numpy())[0], i)
+    gap = np.abs(batch["z"].numpy() - batch["z_tilde"].numpy())
+    assert gap[:, 3:6].mean() < 0.5 * gap[:, [0, 1, 2, 6, 7, 8, 9]].mean()
+
+
+def test_a_diagonal_law_is_refused_on_periodic_images(toy, tmp_path: Path) -> None:
+    from clinvert.data.threedident.source import ThreeDIdentSource
+
+    periodic = {
+        "train": write_toy_dataset(tmp_path / "ptrain", 60, mode="periodic"),
+        "test": write_toy_dataset(tmp_path / "ptest", 40, seed=2, mode="periodic"),
+    }
+    data = image_config(periodic)
+    data["latent"]["conditional"] = {"name": "normal", "scale": [0.1] * 10}
+    with pytest.raises(
+        ConfigError, match=r"^latent\.conditional\.scale: one scale per latent needs box-mode"
+    ):
+        ThreeDIdentSource(validate_config(data), torch.device("cpu"))
+    with pytest.raises(ValueError, match="needs box-mode latents"):
+        PairBatches(load_image_dataset(periodic["train"]), NoiseLaw("normal", [0.1] * 10), 8, 0)
+    # On box-mode images it trains.
+    data = image_config(toy)
+    data["latent"]["conditional"] = {"name": "normal", "scale": [0.3] * 3 + [0.1] * 3 + [0.3] * 4}
+    assert ThreeDIdentSource(validate_config(data), torch.device("cpu")).batches.weights is not None
+
+
 def test_faiss_and_kdtree_agree() -> None:
     pytest.importorskip("faiss")
     rng = np.random.default_rng(0)

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import BeforeValidator
 from torch import Tensor
 
 from clinvert.latents.spaces import Box, Space, Sphere
@@ -384,8 +384,20 @@ class NoiseConditional(Conditional):
 # --------------------------------------------------------------------------------------------------
 # Config sections and registrations
 # --------------------------------------------------------------------------------------------------
+def _check_scale(value: Any) -> float | list[float]:
+    """A noise law's ``scale``: one finite number > 0, or a non-empty list of them."""
+    items = value if isinstance(value, list) else [value]
+    ok = bool(items) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        for v in items
+    )
+    if not ok:
+        raise ValueError("must be a number > 0 or a list of numbers > 0 (one per latent)")
+    return [float(v) for v in value] if isinstance(value, list) else float(value)
+
+
 #: A noise law's scale: one number, or one per latent (a list of ``latent.dim`` numbers).
-Scale = PositiveFloat | Annotated[list[PositiveFloat], Field(min_length=1)]
+Scale = Annotated[Any, BeforeValidator(_check_scale)]
 
 
 class UniformSpec(LawSpec):
