@@ -27,7 +27,7 @@ from clinvert.metrics import embed_latents
 from test_threedident_train import image_config
 
 
-def _cfg(toy: dict[str, Path], scale: float = 0.1, batch: int = 8):
+def _cfg(toy: dict[str, Path], scale: float | list[float] = 0.1, batch: int = 8):
     raw = image_config(toy)
     raw["latent"]["conditional"] = {"name": "normal", "scale": scale}
     raw["train"]["batch_size"] = batch
@@ -56,11 +56,12 @@ def test_an_encoder_without_factors_scores_chance() -> None:
     assert own == pytest.approx(math.log(17), abs=1e-6)  # the anchor itself joins the negatives
 
 
-def test_snapped_pairs_are_the_training_pairs(toy) -> None:
-    cfg = _cfg(toy)
+@pytest.mark.parametrize("scale", [0.1, [0.3] * 3 + [0.05] * 3 + [0.3] * 4])
+def test_snapped_pairs_are_the_training_pairs(toy, scale) -> None:
+    cfg = _cfg(toy, scale)
     latents, periodic, factors = pair_latents(cfg, 2)
     assert not periodic.any() and len(factors) == 10
-    pairs = PairBatches(load_image_dataset(toy["train"]), NoiseLaw("normal", scale=0.1), 8, 0)
+    pairs = PairBatches(load_image_dataset(toy["train"]), NoiseLaw("normal", scale=scale), 8, 0)
     for k in range(2):
         batch = pairs[k]  # what the 3DIdent source trains on at step k
         assert torch.equal(latents["snapped"][0][k], batch["z"])
@@ -117,6 +118,12 @@ def test_objective_command_prints_both_pairings(toy, tmp_path, capsys) -> None:
     assert "without pos_x, hue_spot" in rows[0]
     assert [r.split("|")[2].strip() for r in rows[2:]] == ["snapped", "exact"]
     assert all("2 × 16" in r for r in rows[2:])
+    diagonal = [
+        "--set",
+        "latent.conditional.scale=[0.2, 0.2, 0.2, 0.05, 0.05, 0.05, 0.2, 0.2, 0.2, 0.2]",
+    ]
+    assert main([*args, *diagonal, "--out", str(out)]) == 0
+    assert "normal(scale=[0.2, 0.2, 0.2, 0.05, 0.05, 0.05, 0.2, 0.2, 0.2, 0.2])" in out.read_text()
 
 
 def test_objective_command_refuses_bad_input(toy, tmp_path, capsys) -> None:
