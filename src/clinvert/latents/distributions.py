@@ -201,11 +201,12 @@ class NoiseLaw:
     """
 
     def __init__(
-        self, name: str, scale: float | Sequence[float], beta: float | None = None
+        self, name: str, scale: float | Sequence[float] | np.ndarray, beta: float | None = None
     ) -> None:
         if name not in ("normal", "laplace", "gennorm"):
             raise ValueError(f"noise name must be one of normal, laplace, gennorm; got {name!r}")
-        scales = tuple(float(v) for v in scale) if isinstance(scale, Sequence) else (float(scale),)
+        per_latent = isinstance(scale, Sequence | np.ndarray) and not isinstance(scale, str)
+        scales = tuple(float(v) for v in np.ravel(scale)) if per_latent else (float(scale),)
         if not scales or not all(v > 0 and math.isfinite(v) for v in scales):
             raise ValueError(
                 f"{name}.scale must be > 0 (one number or one per latent), got {scale}"
@@ -213,7 +214,7 @@ class NoiseLaw:
         if name == "gennorm" and not (beta is not None and beta > 0):
             raise ValueError(f"gennorm.beta must be > 0, got {beta}")
         self.name, self.beta = name, beta
-        self.scale: float | tuple[float, ...] = scales if isinstance(scale, Sequence) else scales[0]
+        self.scale: float | tuple[float, ...] = scales if per_latent else scales[0]
 
     @property
     def per_latent(self) -> bool:
