@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from clinvert.data.images import ImageDataset, load_image_dataset
 from clinvert.data.sources import Shards, batch_seed, cat_shards
+from clinvert.errors import ConfigError
 from clinvert.latents.distributions import NoiseLaw, truncated_add
 from clinvert.latents.spaces import Box
 from clinvert.metrics import embed_latents
@@ -169,9 +170,9 @@ class PairBatches(Dataset):
         self.weights: np.ndarray | None = None
         if law.per_latent:
             if self.periodic.any():
-                raise ValueError(
-                    f"{law!r}: one scale per latent needs box-mode latents; periodic ones take "
-                    "one number"
+                raise ConfigError(
+                    "latent.conditional.scale: one scale per latent needs box-mode latents; "
+                    f"{self.root} has angle factors (use one number)"
                 )
             self.weights = (1.0 / law.scales(self.latents.shape[1])).astype(np.float32)
         self.nn = NearestNeighbours(self._embed(self.latents), backend)

@@ -105,11 +105,6 @@ class ThreeDIdentSource(PairSource):
         self.correlation = cfg.eval.correlation
         self.in_dim = 3
         cond = cfg.latent.conditional.model_dump(exclude={"name"})
-        if isinstance(cond.get("scale"), list) and self.train.periodic_mask().any():
-            raise ConfigError(
-                "latent.conditional.scale: one scale per latent needs box-mode images; "
-                f"{cfg.data.train_dir} is {self.train.mode}-mode (use one number)"
-            )
         self.batches = PairBatches(
             self.train,
             NoiseLaw(cfg.latent.conditional.name, **cond),
