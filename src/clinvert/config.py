@@ -218,6 +218,12 @@ class TrainConfig(_Section):
     #: optimiser step: evaluation, the results and the saved model use the average, which smooths
     #: the step-to-step noise of small batches (e.g. 0.999: about the last 1000 steps). None: off.
     ema: Annotated[float, Field(gt=0, lt=1)] | None = None
+    #: Initial weights: a run directory of ``clinvert train`` (its ``checkpoint.pt``) or a
+    #: checkpoint file. A fresh run starts from all of that model's state (its input
+    #: normalisation included; the moving average where it had ``train.ema``) with a fresh
+    #: optimiser, schedule and step count; the model must be built the same way (encoder,
+    #: output head and size). None: random initialisation. ``--resume`` ignores it.
+    init_from: str | None = None
 
 
 class EvalConfig(_Section):

@@ -51,7 +51,13 @@ from clinvert.experiment import (  # noqa: F401 - re-exported
     resolve_device,
 )
 from clinvert.provenance import provenance
-from clinvert.rundir import CHECKPOINT, check_run_dir, run_callbacks
+from clinvert.rundir import (
+    CHECKPOINT,
+    check_run_dir,
+    load_checkpoint,
+    run_callbacks,
+    trained_weights,
+)
 
 #: Codes of :meth:`Trainer.train_step`'s finiteness flag.
 BAD_LOSS, BAD_GRAD = 1, 2
@@ -145,6 +151,8 @@ class Trainer:
         # resumed run logs the same averages as an uninterrupted one).
         self.loss_sum = torch.zeros((), device=self.device)
         self.loss_count = 0
+        #: whether ``train.init_from``'s weights are loaded (a fresh run loads them once)
+        self.initialised = False
 
     # ----- one step ----------------------------------------------------------------------------
     def train_step(self) -> tuple[Tensor, Tensor]:
@@ -286,6 +294,35 @@ class Trainer:
         self.last_checkpoint = self.step
         return int(state["metrics_rows"])
 
+    def init_weights(self, source: str | Path) -> None:
+        """Load the model weights of a run directory or checkpoint file (``train.init_from``).
+
+        Raises:
+            ConfigError: one line when the file is missing or unusable, or its weights do not
+                fit this run's model (a key or a shape differs).
+        """
+        path = Path(source)
+        file = path / CHECKPOINT if path.is_dir() else path
+        state = load_checkpoint(file, what="train.init_from")
+        if "model" not in state:
+            raise ConfigError(f"train.init_from: {file} holds no model weights")
+        weights = trained_weights(state)
+        own = self.exp.model.state_dict()
+        missing = [k for k in own if k not in weights]
+        extra = [k for k in weights if k not in own]
+        shape = [k for k in own if k in weights and own[k].shape != weights[k].shape]
+        if missing or extra or shape:
+            first = (missing or extra or shape)[0]
+            raise ConfigError(
+                f"train.init_from: {file} does not fit this run's model ({len(missing)} missing, "
+                f"{len(extra)} unexpected, {len(shape)} of another shape, e.g. {first!r}); it "
+                "must come from a run with the same model.encoder, output and output_dim"
+            )
+        self.exp.model.load_state_dict(weights)
+        if self.ema is not None:  # the average starts from the loaded weights
+            self.ema = WeightEMA(self.exp.model, self.cfg.train.ema)
+        self.initialised = True
+
     def _checkpoint(self) -> None:
         # A callback that writes the state (RunDirectory) records ``last_checkpoint``; in memory
         # nothing is written, so the guard's message does not claim a checkpoint.
@@ -353,6 +390,8 @@ class Trainer:
         cfg = self.cfg
         for cb in self.callbacks:
             cb.on_start(self, resume)
+        if self.step == 0 and cfg.train.init_from is not None and not self.initialised:
+            self.init_weights(cfg.train.init_from)
         if self.world.distributed:
             self._distribute(resume)
         main = self.world.is_main
@@ -503,6 +542,8 @@ def train(
     check_data_dirs(cfg)
     cfg = with_shards(cfg, distributed.world().size)
     trainer = Trainer(cfg, out, progress, callbacks=callbacks)
+    if cfg.train.init_from is not None:  # refused before the run directory is written
+        trainer.init_weights(cfg.train.init_from)
     if force and trainer.world.is_main:
         for name in ("result.json", CHECKPOINT, "metrics.jsonl"):
             (out / name).unlink(missing_ok=True)
