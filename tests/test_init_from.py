@@ -81,3 +81,14 @@ def test_a_bad_source_is_refused_in_one_line_before_anything_is_written(
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code != 0 and len(err) == 1 and message in err[0], err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_trainer_built_directly_refuses_a_bad_source_before_writing(tmp_path: Path) -> None:
+    from clinvert.config import ConfigError, load_config
+    from clinvert.train import Trainer
+
+    cfg = load_config(str(_config(tmp_path, "e", 10)), [f"train.init_from={tmp_path / 'none'}"])
+    out = tmp_path / "e"
+    with pytest.raises(ConfigError, match="train.init_from: file not found"):
+        Trainer(cfg, out, progress=False).run()
+    assert not (out / "config.yaml").exists()

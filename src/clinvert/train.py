@@ -388,10 +388,10 @@ class Trainer:
 
     def _run(self, resume: bool) -> dict[str, Any]:
         cfg = self.cfg
+        if not resume and cfg.train.init_from is not None and not self.initialised:
+            self.init_weights(cfg.train.init_from)  # before the callbacks write anything
         for cb in self.callbacks:
             cb.on_start(self, resume)
-        if self.step == 0 and cfg.train.init_from is not None and not self.initialised:
-            self.init_weights(cfg.train.init_from)
         if self.world.distributed:
             self._distribute(resume)
         main = self.world.is_main
