@@ -403,6 +403,19 @@ def test_train_on_images_writes_the_run_directory_and_resumes_exactly(toy, tmp_p
     assert whole == pytest.approx(ours, abs=5.1e-4)  # printed to three decimals
     assert rows[-1].startswith("| full | all | 48 |")  # the scored half of the 96
     assert main(["threedident", "gimbal", str(tmp_path / "nothing")]) == 2
+    # the encoder on its training images and its held-out ones: the test row is the run's own R²
+    probe = tmp_path / "probe.md"
+    assert main(["threedident", "probe", str(run), "--out", str(probe)]) == 0
+    rows = [r for r in probe.read_text().splitlines() if r.startswith("| full | ")]
+    assert [r.split("|")[2].split()[0] for r in rows] == ["train", "test"]
+    assert [int(r.split("|")[3]) for r in rows] == [96, 96]  # eval.samples of each split
+    cells = [c.strip() for c in rows[1].split("|")[6:16]]
+    affine = [float(c.split(" / ")[0]) for c in cells]
+    assert affine == pytest.approx([final["r2_per_factor"][f] for f in FACTORS], abs=5.1e-4)
+    knn = [float(c.split(" / ")[1]) for c in cells]
+    assert knn == pytest.approx([final["knn_r2_per_factor"][f] for f in FACTORS], abs=5.1e-4)
+    assert main(["threedident", "probe", str(run), "--samples", "3"]) == 2
+    assert main(["threedident", "probe", str(tmp_path / "nothing")]) == 2
 
     # The run directory as a fitted estimator: the dataset's uint8 [N, S, S, 3] images in, the codes
     # the run scored out (its final R² again).

@@ -368,7 +368,7 @@ def _cmd_kitti(args: argparse.Namespace) -> int:
 
 def _add_threedident(sub: argparse._SubParsersAction) -> None:
     """The ``threedident`` command group (``render``, ``table``, ``grid``, ``curves``, ``gimbal``,
-    ``objective``)."""
+    ``probe``, ``objective``)."""
     p = sub.add_parser(
         "threedident",
         help="3DIdent data: render the teapot dataset, tabulate runs",
@@ -465,6 +465,24 @@ def _add_threedident(sub: argparse._SubParsersAction) -> None:
     )
     gb.add_argument("runs", nargs="+", metavar="RUN", help="finished 3DIdent run directories")
     gb.add_argument("--out", help="write the table to this file (default: print it)")
+    pb = group.add_parser(
+        "probe",
+        help="affine and kNN R² per factor of a run's encoder on its training and held-out images",
+        description=(
+            "Re-apply each 3DIdent run's encoder (its checkpoint, finished or not) to the first "
+            "images of its training set and of its held-out set, and print the affine and kNN R² "
+            "per factor on both. A factor low on the training images too is not learnt (not "
+            "overfitted); one high there and low held out is learnt by heart; kNN high where the "
+            "affine fit is low means the factor is in the code, but not linearly."
+        ),
+        epilog="example:\n  clinvert threedident probe runs/a runs/b --samples 2000 --out probe.md\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pb.add_argument("runs", nargs="+", metavar="RUN", help="3DIdent run directories")
+    pb.add_argument(
+        "--samples", type=int, help="images scored per split (default: the run's eval.samples)"
+    )
+    pb.add_argument("--out", help="write the table to this file (default: print it)")
     ob = group.add_parser(
         "objective",
         help="what a config's InfoNCE rewards: the loss of an encoder that outputs the latents",
@@ -730,6 +748,12 @@ def _cmd_threedident(args: argparse.Namespace) -> int:
 
         make = markdown_table if args.threedident_command == "table" else gimbal_table
         _print_or_write(make(args.runs), args.out, args.threedident_command)
+        return 0
+
+    if args.threedident_command == "probe":
+        from clinvert.data.threedident.probe import probe_table
+
+        _print_or_write(probe_table(args.runs, args.samples), args.out, "probe")
         return 0
 
     if args.threedident_command == "objective":

@@ -217,17 +217,10 @@ def _encode_test_images(run: Path, cfg: Any) -> tuple[Any, Any]:
     """The run's trained encoder applied to its held-out images: (z [M, 10], h [M, d])."""
     import numpy as np
 
-    from clinvert.data.images import images_to_float, load_image_dataset
-    from clinvert.estimator import load
+    from clinvert.data.threedident.probe import encode_dataset
 
-    estimator = load(run)
-    test = load_image_dataset(cfg.data.test_dir)
-    count = min(cfg.eval.samples, len(test))
-    codes = []
-    for i in range(0, count, 500):
-        chunk = np.array(test.images[i : min(i + 500, count)])  # a writable copy
-        codes.append(estimator.transform(images_to_float(chunk, size=cfg.data.size)))
-    return np.asarray(test.latents[:count], dtype=np.float64), np.concatenate(codes)
+    test, h = encode_dataset(run, cfg, cfg.data.test_dir, cfg.eval.samples)
+    return np.asarray(test.latents[: len(h)], dtype=np.float64), h
 
 
 def gimbal_table(runs: list[str | Path], edges: tuple[float, ...] = GIMBAL_EDGES) -> str:

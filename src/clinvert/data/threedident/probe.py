@@ -1,0 +1,120 @@
+"""Where a 3DIdent run's missing R² went: its encoder re-applied to training and held-out images.
+
+``clinvert threedident probe RUN [RUN ...]`` encodes the first images of the run's
+``data.train_dir`` (images the encoder was trained on) and of its ``data.test_dir`` (held out) and
+scores both the way the run scored itself (:func:`clinvert.metrics.factor_scores`: held-out halves
+of an affine fit, and of a kNN regression). Three readings per factor:
+
+* low on the training images too: the encoder has not learnt the factor (an optimisation or
+  objective problem: more steps, another conditional), not an overfitting one;
+* high on the training images, low on the held-out ones: it has learnt them by heart (more
+  images, or fewer steps);
+* kNN high where the affine fit is low: the factor is in the code, but not linearly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clinvert.config import ConfigError, read_run_config, validate_config
+from clinvert.data.threedident.factors import FACTORS
+
+#: The two datasets a run names, in the table's order.
+SPLITS = (("train", "train_dir"), ("test", "test_dir"))
+#: Images per forward pass.
+CHUNK = 500
+
+
+def encode_dataset(run: str | Path, cfg: Any, data_dir: str, count: int) -> tuple[Any, np.ndarray]:
+    """The run's trained encoder applied to the first ``count`` images of ``data_dir``.
+
+    Images are resized to ``data.size`` as in training. Returns (the dataset, h [count, d]).
+    """
+    from clinvert.data.images import images_to_float, load_image_dataset
+    from clinvert.estimator import load
+
+    estimator = load(run)
+    data = load_image_dataset(data_dir)
+    count = min(count, len(data))
+    codes = []
+    for i in range(0, count, CHUNK):
+        chunk = np.array(data.images[i : min(i + CHUNK, count)])  # a writable copy
+        codes.append(estimator.transform(images_to_float(chunk, size=cfg.data.size)))
+    return data, np.concatenate(codes)
+
+
+def _threedident_run(run: Path) -> Any:
+    """The validated config of a 3DIdent run directory, or a one-line ConfigError."""
+    if not (run / "config.yaml").is_file():
+        raise ConfigError(f"run: {run} is not a run directory (no config.yaml)")
+    if not (run / "checkpoint.pt").is_file():
+        raise ConfigError(f"run: {run} has no checkpoint.pt (no trained encoder to probe)")
+    cfg = validate_config(read_run_config(run))
+    if cfg.data.source != "threedident":
+        raise ConfigError(f"run: {run} is not a 3DIdent run (data.source {cfg.data.source})")
+    return cfg
+
+
+def probe_rows(run: str | Path, samples: int | None = None) -> list[dict[str, Any]]:
+    """One row per split (``train``, ``test``) of one run: linear and kNN R² per factor.
+
+    Args:
+        run: a 3DIdent run directory with a checkpoint (finished or not).
+        samples: images scored per split (default: the run's ``eval.samples``; at least 4).
+
+    Raises:
+        ConfigError: one line for a directory that is not a 3DIdent run with a checkpoint, a bad
+            ``samples``, or a dataset that cannot be read.
+    """
+    from clinvert.metrics import factor_scores
+
+    run = Path(run)
+    cfg = _threedident_run(run)
+    count = cfg.eval.samples if samples is None else samples
+    if count < 4:
+        raise ConfigError(f"samples: need at least 4 images per split, got {count}")
+    rows = []
+    for split, field in SPLITS:
+        data_dir = getattr(cfg.data, field)
+        data, h = encode_dataset(run, cfg, data_dir, count)
+        z = np.asarray(data.latents[: len(h)], dtype=np.float64)
+        scores = factor_scores(z, h, list(data.factors), data.periodic_mask())
+        rows.append(
+            {
+                "run": run.name,
+                "split": split,
+                "data_dir": str(data_dir),
+                "images": len(h),
+                "linear": scores["r2_per_factor"],
+                "knn": scores["knn_r2_per_factor"],
+            }
+        )
+    return rows
+
+
+def probe_table(runs: list[str | Path], samples: int | None = None) -> str:
+    """Markdown table of :func:`probe_rows` for each run: per factor ``affine / kNN`` R².
+
+    The ``test`` row's affine R² is the run's own score (same images, same halves) when
+    ``samples`` is the run's ``eval.samples``.
+    """
+    head = " | ".join(FACTORS)
+    lines = [
+        "R² per factor as `affine / kNN` (held-out halves of the scored images), on images the "
+        "encoder was trained on (`train`) and on held-out ones (`test`).",
+        "",
+        f"| run | split | images | mean affine | mean kNN | {head} |",
+        "|" + "---|" * (5 + len(FACTORS)),
+    ]
+    for run in runs:
+        for row in probe_rows(run, samples):
+            lin, knn = row["linear"], row["knn"]
+            cells = " | ".join(f"{lin[f]:.3f} / {knn[f]:.3f}" for f in FACTORS)
+            lines.append(
+                f"| {row['run']} | {row['split']} (`{row['data_dir']}`) | {row['images']} | "
+                f"{np.mean(list(lin.values())):.3f} | {np.mean(list(knn.values())):.3f} | {cells} |"
+            )
+    return "\n".join(lines) + "\n"
