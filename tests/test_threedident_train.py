@@ -415,6 +415,12 @@ def test_train_on_images_writes_the_run_directory_and_resumes_exactly(toy, tmp_p
     knn = [float(c.split(" / ")[1]) for c in cells]
     assert knn == pytest.approx([final["knn_r2_per_factor"][f] for f in FACTORS], abs=5.1e-4)
     assert main(["threedident", "probe", str(run), "--samples", "3"]) == 2
+    # any other dataset in place of the run's own (here its test set again: the same row)
+    test_dir = yaml.safe_load((run / "config.yaml").read_text())["data"]["test_dir"]
+    assert main(["threedident", "probe", str(run), "--data", test_dir, "--out", str(probe)]) == 0
+    other = [r for r in probe.read_text().splitlines() if r.startswith("| full | ")]
+    assert len(other) == 1 and other[0].split("|")[6:] == rows[1].split("|")[6:]
+    assert main(["threedident", "probe", str(run), "--data", str(tmp_path / "nothing")]) == 2
     assert main(["threedident", "probe", str(tmp_path / "nothing")]) == 2
 
     # The run directory as a fitted estimator: the dataset's uint8 [N, S, S, 3] images in, the codes

@@ -475,12 +475,22 @@ def _add_threedident(sub: argparse._SubParsersAction) -> None:
             "overfitted); one high there and low held out is learnt by heart; kNN high where the "
             "affine fit is low means the factor is in the code, but not linearly."
         ),
-        epilog="example:\n  clinvert threedident probe runs/a runs/b --samples 2000 --out probe.md\n",
+        epilog=(
+            "examples:\n  clinvert threedident probe runs/a runs/b --samples 2000 --out probe.md\n"
+            "  clinvert threedident probe runs/a --data data/s3/cycles-test64   # another renderer\n"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     pb.add_argument("runs", nargs="+", metavar="RUN", help="3DIdent run directories")
     pb.add_argument(
         "--samples", type=int, help="images scored per split (default: the run's eval.samples)"
+    )
+    pb.add_argument(
+        "--data",
+        action="append",
+        metavar="DIR",
+        help="score on this dataset directory instead of the run's own two (repeatable; e.g. "
+        "images of another renderer)",
     )
     pb.add_argument("--out", help="write the table to this file (default: print it)")
     ob = group.add_parser(
@@ -753,7 +763,7 @@ def _cmd_threedident(args: argparse.Namespace) -> int:
     if args.threedident_command == "probe":
         from clinvert.data.threedident.probe import probe_table
 
-        _print_or_write(probe_table(args.runs, args.samples), args.out, "probe")
+        _print_or_write(probe_table(args.runs, args.samples, args.data), args.out, "probe")
         return 0
 
     if args.threedident_command == "objective":

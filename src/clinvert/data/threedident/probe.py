@@ -58,12 +58,16 @@ def _threedident_run(run: Path) -> Any:
     return cfg
 
 
-def probe_rows(run: str | Path, samples: int | None = None) -> list[dict[str, Any]]:
+def probe_rows(
+    run: str | Path, samples: int | None = None, data_dirs: list[str] | None = None
+) -> list[dict[str, Any]]:
     """One row per split (``train``, ``test``) of one run: linear and kNN R² per factor.
 
     Args:
         run: a 3DIdent run directory with a checkpoint (finished or not).
         samples: images scored per split (default: the run's ``eval.samples``; at least 4).
+        data_dirs: score these dataset directories instead (split ``other``), e.g. images of
+            another renderer: how far the encoder transfers without training on them.
 
     Raises:
         ConfigError: one line for a directory that is not a 3DIdent run with a checkpoint, a bad
@@ -76,10 +80,14 @@ def probe_rows(run: str | Path, samples: int | None = None) -> list[dict[str, An
     count = cfg.eval.samples if samples is None else samples
     if count < 4:
         raise ConfigError(f"samples: need at least 4 images per split, got {count}")
+    named = [(split, f"data.{field}", getattr(cfg.data, field)) for split, field in SPLITS]
+    others = [("other", "--data", d) for d in data_dirs or ()]
     rows = []
-    for split, field in SPLITS:
-        data_dir = getattr(cfg.data, field)
-        data, h = encode_dataset(run, cfg, data_dir, count)
+    for split, field, data_dir in others or named:
+        try:
+            data, h = encode_dataset(run, cfg, data_dir, count)
+        except ConfigError as err:
+            raise ConfigError(f"{field}: {err}") from None
         z = np.asarray(data.latents[: len(h)], dtype=np.float64)
         scores = factor_scores(z, h, list(data.factors), data.periodic_mask())
         rows.append(
@@ -95,7 +103,9 @@ def probe_rows(run: str | Path, samples: int | None = None) -> list[dict[str, An
     return rows
 
 
-def probe_table(runs: list[str | Path], samples: int | None = None) -> str:
+def probe_table(
+    runs: list[str | Path], samples: int | None = None, data_dirs: list[str] | None = None
+) -> str:
     """Markdown table of :func:`probe_rows` for each run: per factor ``affine / kNN`` R².
 
     The ``test`` row's affine R² is the run's own score (same images, same halves) when
@@ -104,13 +114,14 @@ def probe_table(runs: list[str | Path], samples: int | None = None) -> str:
     head = " | ".join(FACTORS)
     lines = [
         "R² per factor as `affine / kNN` (held-out halves of the scored images), on images the "
-        "encoder was trained on (`train`) and on held-out ones (`test`).",
+        "encoder was trained on (`train`), on held-out ones (`test`) or on other datasets "
+        "(`other`).",
         "",
         f"| run | split | images | mean affine | mean kNN | {head} |",
         "|" + "---|" * (5 + len(FACTORS)),
     ]
     for run in runs:
-        for row in probe_rows(run, samples):
+        for row in probe_rows(run, samples, data_dirs):
             lin, knn = row["linear"], row["knn"]
             cells = " | ".join(f"{lin[f]:.3f} / {knn[f]:.3f}" for f in FACTORS)
             lines.append(
