@@ -421,6 +421,14 @@ def test_train_on_images_writes_the_run_directory_and_resumes_exactly(toy, tmp_p
     other = [r for r in probe.read_text().splitlines() if r.startswith("| full | ")]
     assert len(other) == 1 and other[0].split("|")[6:] == rows[1].split("|")[6:]
     assert main(["threedident", "probe", str(run), "--data", str(tmp_path / "nothing")]) == 2
+    # an MLP fit on the training images' codes, scored on the held-out ones
+    assert main(["threedident", "probe", str(run), "--mlp", "200", "--out", str(probe)]) == 0
+    text = probe.read_text()
+    assert "fit on the codes of the first 200 training images" in text
+    mlp = [r for r in text.splitlines() if r.startswith("| full | ")][2:]
+    assert len(mlp) == 1 and mlp[0].split("|")[2].strip().startswith("test")
+    assert all(math.isfinite(float(c)) for c in mlp[0].split("|")[4:15])
+    assert main(["threedident", "probe", str(run), "--mlp", "3"]) == 2
     assert main(["threedident", "probe", str(tmp_path / "nothing")]) == 2
 
     # The run directory as a fitted estimator: the dataset's uint8 [N, S, S, 3] images in, the codes

@@ -492,6 +492,13 @@ def _add_threedident(sub: argparse._SubParsersAction) -> None:
         help="score on this dataset directory instead of the run's own two (repeatable; e.g. "
         "images of another renderer)",
     )
+    pb.add_argument(
+        "--mlp",
+        type=int,
+        metavar="N",
+        help="also fit a small MLP on the codes of the first N training images and print its "
+        "held-out R² per factor (reads nonlinear codes that kNN misses)",
+    )
     pb.add_argument("--out", help="write the table to this file (default: print it)")
     ob = group.add_parser(
         "objective",
@@ -763,7 +770,8 @@ def _cmd_threedident(args: argparse.Namespace) -> int:
     if args.threedident_command == "probe":
         from clinvert.data.threedident.probe import probe_table
 
-        _print_or_write(probe_table(args.runs, args.samples, args.data), args.out, "probe")
+        table = probe_table(args.runs, args.samples, args.data, args.mlp)
+        _print_or_write(table, args.out, "probe")
         return 0
 
     if args.threedident_command == "objective":

@@ -10,6 +10,10 @@ of an affine fit, and of a kNN regression). Three readings per factor:
 * high on the training images, low on the held-out ones: it has learnt them by heart (more
   images, or fewer steps);
 * kNN high where the affine fit is low: the factor is in the code, but not linearly.
+
+With ``--mlp N`` a small MLP (:func:`clinvert.metrics.mlp_r2_per_dim`) is fit on the codes of the
+first N training images and scored on the held-out ones: in ten dimensions and a few thousand
+images it reads smooth factors that kNN misses, so it is the better "is it in the code at all".
 """
 
 from __future__ import annotations
@@ -103,14 +107,77 @@ def probe_rows(
     return rows
 
 
+def mlp_rows(
+    run: str | Path,
+    fit_images: int,
+    samples: int | None = None,
+    data_dirs: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Held-out MLP R² per factor of one run: fit on the codes of the first ``fit_images`` images
+    of ``data.train_dir``, scored on ``data.test_dir`` (or each of ``data_dirs``).
+
+    Raises:
+        ConfigError: one line for a bad run directory, ``fit_images`` < 4, or an unreadable dataset.
+    """
+    from clinvert.metrics import columns_per_factor, embed_latents, mlp_r2_per_dim
+
+    run = Path(run)
+    cfg = _threedident_run(run)
+    if fit_images < 4:
+        raise ConfigError(f"mlp: need at least 4 training images to fit, got {fit_images}")
+    count = cfg.eval.samples if samples is None else samples
+    if count < 4:
+        raise ConfigError(f"samples: need at least 4 images per split, got {count}")
+
+    def coded(field: str, data_dir: str, n: int) -> tuple[Any, np.ndarray, np.ndarray]:
+        try:
+            data, h = encode_dataset(run, cfg, data_dir, n)
+        except ConfigError as err:
+            raise ConfigError(f"{field}: {err}") from None
+        periodic = data.periodic_mask()
+        return data, embed_latents(np.asarray(data.latents[: len(h)]), periodic), h
+
+    train, z_fit, h_fit = coded("data.train_dir", cfg.data.train_dir, fit_images)
+    targets = [("other", "--data", d) for d in data_dirs or ()] or [
+        ("test", "data.test_dir", cfg.data.test_dir)
+    ]
+    rows = []
+    for split, field, data_dir in targets:
+        data, z, h = coded(field, data_dir, count)
+        if list(data.factors) != list(train.factors) or not np.array_equal(
+            data.periodic_mask(), train.periodic_mask()
+        ):
+            raise ConfigError(f"{field}: {data_dir} holds other factors than {cfg.data.train_dir}")
+        cols = mlp_r2_per_dim(z_fit, h_fit, z, h)
+        rows.append(
+            {
+                "run": run.name,
+                "split": split,
+                "data_dir": str(data_dir),
+                "images": len(h),
+                "fit_images": len(h_fit),
+                "mlp": columns_per_factor(cols, list(data.factors), data.periodic_mask()),
+            }
+        )
+    return rows
+
+
 def probe_table(
-    runs: list[str | Path], samples: int | None = None, data_dirs: list[str] | None = None
+    runs: list[str | Path],
+    samples: int | None = None,
+    data_dirs: list[str] | None = None,
+    mlp: int | None = None,
 ) -> str:
-    """Markdown table of :func:`probe_rows` for each run: per factor ``affine / kNN`` R².
+    """Markdown table of :func:`probe_rows` for each run: per factor ``affine / kNN`` R²; with
+    ``mlp`` a second table of :func:`mlp_rows` (an MLP fit on ``mlp`` training images' codes).
 
     The ``test`` row's affine R² is the run's own score (same images, same halves) when
     ``samples`` is the run's ``eval.samples``.
     """
+    if mlp is not None and mlp < 4:  # refused before any encoding
+        raise ConfigError(f"mlp: need at least 4 training images to fit, got {mlp}")
+    if samples is not None and samples < 4:
+        raise ConfigError(f"samples: need at least 4 images per split, got {samples}")
     head = " | ".join(FACTORS)
     lines = [
         "R² per factor as `affine / kNN` (held-out halves of the scored images), on images the "
@@ -128,4 +195,21 @@ def probe_table(
                 f"| {row['run']} | {row['split']} (`{row['data_dir']}`) | {row['images']} | "
                 f"{np.mean(list(lin.values())):.3f} | {np.mean(list(knn.values())):.3f} | {cells} |"
             )
+    if mlp is not None:
+        lines += [
+            "",
+            f"MLP R² per factor (two hidden layers of 256, fit on the codes of the first {mlp} "
+            "training images, scored on the held-out or other images).",
+            "",
+            f"| run | split | images | mean MLP | {head} |",
+            "|" + "---|" * (4 + len(FACTORS)),
+        ]
+        for run in runs:
+            for row in mlp_rows(run, mlp, samples, data_dirs):
+                cells = " | ".join(f"{row['mlp'][f]:.3f}" for f in FACTORS)
+                mean = np.mean(list(row["mlp"].values()))
+                lines.append(
+                    f"| {row['run']} | {row['split']} (`{row['data_dir']}`) | {row['images']} | "
+                    f"{mean:.3f} | {cells} |"
+                )
     return "\n".join(lines) + "\n"
