@@ -62,6 +62,22 @@ def _threedident_run(run: Path) -> Any:
     return cfg
 
 
+def _encoded(run: Path, cfg: Any, field: str, data_dir: str, count: int) -> tuple[Any, np.ndarray]:
+    """:func:`encode_dataset`, its one-line error prefixed with the field that named the folder."""
+    try:
+        return encode_dataset(run, cfg, data_dir, count)
+    except ConfigError as err:
+        raise ConfigError(f"{field}: {err}") from None
+
+
+def _count(cfg: Any, samples: int | None) -> int:
+    """Images scored per split: ``samples``, or the run's ``eval.samples``; at least 4."""
+    count = cfg.eval.samples if samples is None else samples
+    if count < 4:
+        raise ConfigError(f"samples: need at least 4 images per split, got {count}")
+    return count
+
+
 def probe_rows(
     run: str | Path, samples: int | None = None, data_dirs: list[str] | None = None
 ) -> list[dict[str, Any]]:
@@ -81,17 +97,12 @@ def probe_rows(
 
     run = Path(run)
     cfg = _threedident_run(run)
-    count = cfg.eval.samples if samples is None else samples
-    if count < 4:
-        raise ConfigError(f"samples: need at least 4 images per split, got {count}")
+    count = _count(cfg, samples)
     named = [(split, f"data.{field}", getattr(cfg.data, field)) for split, field in SPLITS]
     others = [("other", "--data", d) for d in data_dirs or ()]
     rows = []
     for split, field, data_dir in others or named:
-        try:
-            data, h = encode_dataset(run, cfg, data_dir, count)
-        except ConfigError as err:
-            raise ConfigError(f"{field}: {err}") from None
+        data, h = _encoded(run, cfg, field, data_dir, count)
         z = np.asarray(data.latents[: len(h)], dtype=np.float64)
         scores = factor_scores(z, h, list(data.factors), data.periodic_mask())
         rows.append(
@@ -125,15 +136,10 @@ def mlp_rows(
     cfg = _threedident_run(run)
     if fit_images < 4:
         raise ConfigError(f"mlp: need at least 4 training images to fit, got {fit_images}")
-    count = cfg.eval.samples if samples is None else samples
-    if count < 4:
-        raise ConfigError(f"samples: need at least 4 images per split, got {count}")
+    count = _count(cfg, samples)
 
     def coded(field: str, data_dir: str, n: int) -> tuple[Any, np.ndarray, np.ndarray]:
-        try:
-            data, h = encode_dataset(run, cfg, data_dir, n)
-        except ConfigError as err:
-            raise ConfigError(f"{field}: {err}") from None
+        data, h = _encoded(run, cfg, field, data_dir, n)
         periodic = data.periodic_mask()
         return data, embed_latents(np.asarray(data.latents[: len(h)]), periodic), h
 
