@@ -380,6 +380,14 @@ def test_train_on_images_writes_the_run_directory_and_resumes_exactly(toy, tmp_p
     assert lines[4] == "" and lines[5].startswith("kNN R² per factor") and len(lines) == 11
     assert lines[9].startswith("| full | ") and lines[10].startswith("| part | ")
     assert main(["threedident", "table", str(tmp_path / "nothing")]) == 2
+    # a run started from another's weights says so (its steps are its own alone)
+    warm = tmp_path / "warm"
+    shutil.copytree(run, warm)
+    saved = yaml.safe_load((warm / "config.yaml").read_text())
+    saved["train"]["init_from"] = str(run)
+    (warm / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert main(["threedident", "table", str(warm), "--out", str(out)]) == 0
+    assert "(started from the weights of full)" in out.read_text().splitlines()[2]
     # each factor's curve over training, both runs in one picture
     png = tmp_path / "curves.png"
     assert main(["threedident", "curves", str(run), str(tmp_path / "part"), "--out", str(png)]) == 0

@@ -87,6 +87,8 @@ def run_row(run: str | Path) -> dict[str, Any]:
     model = describe_model(cfg)
     if cfg.train.objective == "supervised":
         model += " (supervised: regression on z)"
+    if cfg.train.init_from is not None:  # its steps and wall time are this run's alone
+        model += f" (started from the weights of {Path(cfg.train.init_from).name})"
     if cfg.train.objective == "supervised":
         meets = min(scores.values()) >= SUPERVISED_AT_LEAST
     else:
