@@ -37,17 +37,9 @@ def encode_dataset(run: str | Path, cfg: Any, data_dir: str, count: int) -> tupl
 
     Images are resized to ``data.size`` as in training. Returns (the dataset, h [count, d]).
     """
-    from clinvert.data.images import images_to_float, load_image_dataset
     from clinvert.estimator import load
 
-    estimator = load(run)
-    data = load_image_dataset(data_dir)
-    count = min(count, len(data))
-    codes = []
-    for i in range(0, count, CHUNK):
-        chunk = np.array(data.images[i : min(i + CHUNK, count)])  # a writable copy
-        codes.append(estimator.transform(images_to_float(chunk, size=cfg.data.size)))
-    return data, np.concatenate(codes)
+    return _encode(load(run), cfg, data_dir, count)
 
 
 def _threedident_run(run: Path) -> Any:
@@ -62,20 +54,64 @@ def _threedident_run(run: Path) -> Any:
     return cfg
 
 
-def _encoded(run: Path, cfg: Any, field: str, data_dir: str, count: int) -> tuple[Any, np.ndarray]:
-    """:func:`encode_dataset`, its one-line error prefixed with the field that named the folder."""
-    try:
-        return encode_dataset(run, cfg, data_dir, count)
-    except ConfigError as err:
-        raise ConfigError(f"{field}: {err}") from None
+def _check_samples(samples: int) -> int:
+    if samples < 4:
+        raise ConfigError(f"samples: need at least 4 images per split, got {samples}")
+    return samples
 
 
-def _count(cfg: Any, samples: int | None) -> int:
-    """Images scored per split: ``samples``, or the run's ``eval.samples``; at least 4."""
-    count = cfg.eval.samples if samples is None else samples
-    if count < 4:
-        raise ConfigError(f"samples: need at least 4 images per split, got {count}")
-    return count
+def _check_fit_images(fit_images: int) -> int:
+    if fit_images < 4:
+        raise ConfigError(f"mlp: need at least 4 training images to fit, got {fit_images}")
+    return fit_images
+
+
+class _RunCodes:
+    """One run's config and encoder, and its codes of each dataset it was asked for (encoded once:
+    the affine / kNN table and the MLP table share the held-out images' codes)."""
+
+    def __init__(self, run: str | Path) -> None:
+        from clinvert.estimator import load
+
+        self.run = Path(run)
+        self.cfg = _threedident_run(self.run)
+        self.estimator = load(self.run)
+        self._codes: dict[tuple[str, int], tuple[Any, np.ndarray]] = {}
+
+    def count(self, samples: int | None) -> int:
+        """Images scored per split: ``samples``, or the run's ``eval.samples``; at least 4."""
+        return _check_samples(self.cfg.eval.samples if samples is None else samples)
+
+    def splits(self, data_dirs: list[str] | None, train: bool) -> list[tuple[str, str, str]]:
+        """(split, field that named it, folder) to score: ``data_dirs`` as ``other`` if given,
+        else the run's own test set, after its training set when ``train``."""
+        if data_dirs:
+            return [("other", "--data", d) for d in data_dirs]
+        named = [(split, f"data.{field}", getattr(self.cfg.data, field)) for split, field in SPLITS]
+        return named if train else named[1:]
+
+    def codes(self, field: str, data_dir: str, count: int) -> tuple[Any, np.ndarray]:
+        """(the dataset, h [count, d]); a one-line error names the field that named the folder."""
+        key = (str(data_dir), count)
+        if key not in self._codes:
+            try:
+                self._codes[key] = _encode(self.estimator, self.cfg, data_dir, count)
+            except ConfigError as err:
+                raise ConfigError(f"{field}: {err}") from None
+        return self._codes[key]
+
+
+def _encode(estimator: Any, cfg: Any, data_dir: str, count: int) -> tuple[Any, np.ndarray]:
+    """``estimator`` applied to the first ``count`` images of ``data_dir`` at ``data.size``."""
+    from clinvert.data.images import images_to_float, load_image_dataset
+
+    data = load_image_dataset(data_dir)
+    count = min(count, len(data))
+    codes = []
+    for i in range(0, count, CHUNK):
+        chunk = np.array(data.images[i : min(i + CHUNK, count)])  # a writable copy
+        codes.append(estimator.transform(images_to_float(chunk, size=cfg.data.size)))
+    return data, np.concatenate(codes)
 
 
 def probe_rows(
@@ -93,21 +129,23 @@ def probe_rows(
         ConfigError: one line for a directory that is not a 3DIdent run with a checkpoint, a bad
             ``samples``, or a dataset that cannot be read.
     """
+    return _probe_rows(_RunCodes(run), samples, data_dirs)
+
+
+def _probe_rows(
+    coded: _RunCodes, samples: int | None, data_dirs: list[str] | None
+) -> list[dict[str, Any]]:
     from clinvert.metrics import factor_scores
 
-    run = Path(run)
-    cfg = _threedident_run(run)
-    count = _count(cfg, samples)
-    named = [(split, f"data.{field}", getattr(cfg.data, field)) for split, field in SPLITS]
-    others = [("other", "--data", d) for d in data_dirs or ()]
+    count = coded.count(samples)
     rows = []
-    for split, field, data_dir in others or named:
-        data, h = _encoded(run, cfg, field, data_dir, count)
+    for split, field, data_dir in coded.splits(data_dirs, train=True):
+        data, h = coded.codes(field, data_dir, count)
         z = np.asarray(data.latents[: len(h)], dtype=np.float64)
         scores = factor_scores(z, h, list(data.factors), data.periodic_mask())
         rows.append(
             {
-                "run": run.name,
+                "run": coded.run.name,
                 "split": split,
                 "data_dir": str(data_dir),
                 "images": len(h),
@@ -130,34 +168,34 @@ def mlp_rows(
     Raises:
         ConfigError: one line for a bad run directory, ``fit_images`` < 4, or an unreadable dataset.
     """
+    _check_fit_images(fit_images)
+    return _mlp_rows(_RunCodes(run), fit_images, samples, data_dirs)
+
+
+def _mlp_rows(
+    coded: _RunCodes, fit_images: int, samples: int | None, data_dirs: list[str] | None
+) -> list[dict[str, Any]]:
     from clinvert.metrics import columns_per_factor, embed_latents, mlp_r2_per_dim
 
-    run = Path(run)
-    cfg = _threedident_run(run)
-    if fit_images < 4:
-        raise ConfigError(f"mlp: need at least 4 training images to fit, got {fit_images}")
-    count = _count(cfg, samples)
+    count = coded.count(samples)
 
-    def coded(field: str, data_dir: str, n: int) -> tuple[Any, np.ndarray, np.ndarray]:
-        data, h = _encoded(run, cfg, field, data_dir, n)
-        periodic = data.periodic_mask()
-        return data, embed_latents(np.asarray(data.latents[: len(h)]), periodic), h
+    def targets(data: Any, h: np.ndarray) -> np.ndarray:
+        return embed_latents(np.asarray(data.latents[: len(h)]), data.periodic_mask())
 
-    train, z_fit, h_fit = coded("data.train_dir", cfg.data.train_dir, fit_images)
-    targets = [("other", "--data", d) for d in data_dirs or ()] or [
-        ("test", "data.test_dir", cfg.data.test_dir)
-    ]
+    train_dir = coded.cfg.data.train_dir
+    train, h_fit = coded.codes("data.train_dir", train_dir, fit_images)
+    z_fit = targets(train, h_fit)
     rows = []
-    for split, field, data_dir in targets:
-        data, z, h = coded(field, data_dir, count)
+    for split, field, data_dir in coded.splits(data_dirs, train=False):
+        data, h = coded.codes(field, data_dir, count)
         if list(data.factors) != list(train.factors) or not np.array_equal(
             data.periodic_mask(), train.periodic_mask()
         ):
-            raise ConfigError(f"{field}: {data_dir} holds other factors than {cfg.data.train_dir}")
-        cols = mlp_r2_per_dim(z_fit, h_fit, z, h)
+            raise ConfigError(f"{field}: {data_dir} holds other factors than {train_dir}")
+        cols = mlp_r2_per_dim(z_fit, h_fit, targets(data, h), h)
         rows.append(
             {
-                "run": run.name,
+                "run": coded.run.name,
                 "split": split,
                 "data_dir": str(data_dir),
                 "images": len(h),
@@ -180,10 +218,10 @@ def probe_table(
     The ``test`` row's affine R² is the run's own score (same images, same halves) when
     ``samples`` is the run's ``eval.samples``.
     """
-    if mlp is not None and mlp < 4:  # refused before any encoding
-        raise ConfigError(f"mlp: need at least 4 training images to fit, got {mlp}")
-    if samples is not None and samples < 4:
-        raise ConfigError(f"samples: need at least 4 images per split, got {samples}")
+    if mlp is not None:  # both refused before any encoding
+        _check_fit_images(mlp)
+    if samples is not None:
+        _check_samples(samples)
     head = " | ".join(FACTORS)
     lines = [
         "R² per factor as `affine / kNN` (held-out halves of the scored images), on images the "
@@ -193,8 +231,9 @@ def probe_table(
         f"| run | split | images | mean affine | mean kNN | {head} |",
         "|" + "---|" * (5 + len(FACTORS)),
     ]
-    for run in runs:
-        for row in probe_rows(run, samples, data_dirs):
+    coded = [_RunCodes(run) for run in runs]
+    for run in coded:
+        for row in _probe_rows(run, samples, data_dirs):
             lin, knn = row["linear"], row["knn"]
             cells = " | ".join(f"{lin[f]:.3f} / {knn[f]:.3f}" for f in FACTORS)
             lines.append(
@@ -210,8 +249,8 @@ def probe_table(
             f"| run | split | images | mean MLP | {head} |",
             "|" + "---|" * (4 + len(FACTORS)),
         ]
-        for run in runs:
-            for row in mlp_rows(run, mlp, samples, data_dirs):
+        for run in coded:
+            for row in _mlp_rows(run, mlp, samples, data_dirs):
                 cells = " | ".join(f"{row['mlp'][f]:.3f}" for f in FACTORS)
                 mean = np.mean(list(row["mlp"].values()))
                 lines.append(
