@@ -372,7 +372,8 @@ def test_train_on_images_writes_the_run_directory_and_resumes_exactly(toy, tmp_p
     assert main(["threedident", "table", str(run), str(tmp_path / "part"), "--out", str(out)]) == 0
     lines = out.read_text().splitlines()
     assert all(f in lines[0] for f in FACTORS)
-    assert "| 4 × 8 |" in lines[2] and "200 / 96 at" in lines[2]
+    assert "| 4 × 8 | 0 |" in lines[2] and "200 / 96 at" in lines[2]  # steps × batch, seed
+    assert lines[1].count("|") == lines[0].count("|")  # the separator spans every column
     assert f"| {final['r2_per_factor']['pos_x']:.3f} |" in lines[2]
     assert lines[2].endswith("✗ short |") or lines[2].endswith("✓ |")
     # then the kNN probe of both runs (a diagnostic beside the affine R²)

@@ -69,7 +69,8 @@ def _data_label(
 
 
 def run_row(run: str | Path) -> dict[str, Any]:
-    """One run's summary: name, model, data, steps × batch, wall time, scores per factor."""
+    """One run's summary: name, model, data, steps × batch, training seed, wall time, scores per
+    factor."""
     run = Path(run)
     result = read_result(run)
     if result is None:
@@ -100,6 +101,7 @@ def run_row(run: str | Path) -> dict[str, Any]:
         "process": describe_process(cfg),
         "steps": result.get("steps"),
         "batch_size": cfg.train.batch_size,
+        "seed": cfg.train.seed,
         "wall_seconds": result.get("wall_seconds"),
         "identity_r2": (result.get("identity") or {}).get("r2"),
         "r2": final.get("r2"),
@@ -116,20 +118,23 @@ def _f(x: Any, digits: int = 3) -> str:
 
 
 def markdown_table(runs: list[str | Path]) -> str:
-    """The markdown table of ``runs`` (one line per run), with the bar of the issue as last column."""
+    """The markdown table of ``runs`` (one line per run), with the bar of the issue as last column.
+
+    The ``seed`` column is the run's ``train.seed`` (initial weights, pairs and batches), so runs of
+    one recipe that differ only by seed read as such."""
     rows = [run_row(r) for r in runs]
     head = (
-        "| run | pairs (latent process) | model | images (train / test) | steps × batch | wall s "
+        "| run | pairs (latent process) | model | images (train / test) | steps × batch | seed | wall s "
         "| identity R² (pixels) | R² | MCC | "
         + " | ".join(FACTORS)
         + f" | mean of factors | {BAR} |"
     )
-    lines = [head, "|" + "---|" * (10 + len(FACTORS) + 1)]
+    lines = [head, "|" + "---|" * (11 + len(FACTORS) + 1)]
     for r in rows:
         factors = " | ".join(f"{r['r2_per_factor'][f]:.3f}" for f in FACTORS)
         lines.append(
             f"| {r['run']} | {r['process']} | {r['model']} | {r['data']} | "
-            f"{r['steps']} × {r['batch_size']} | {_f(r['wall_seconds'], 0)} | "
+            f"{r['steps']} × {r['batch_size']} | {r['seed']} | {_f(r['wall_seconds'], 0)} | "
             f"{_f(r['identity_r2'])} | {_f(r['r2'])} | {_f(r['mcc'])} | {factors} | "
             f"{r['mean']:.3f} | {'✓' if r['meets_bar'] else '✗ short'} |"
         )
