@@ -129,7 +129,7 @@ def markdown_table(runs: list[str | Path]) -> str:
         + " | ".join(FACTORS)
         + f" | mean of factors | {BAR} |"
     )
-    lines = [head, "|" + "---|" * (11 + len(FACTORS) + 1)]
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]  # one cell per header column
     for r in rows:
         factors = " | ".join(f"{r['r2_per_factor'][f]:.3f}" for f in FACTORS)
         lines.append(
