@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from clinvert.cli import main
@@ -105,6 +106,44 @@ def test_resume_continues_to_the_same_result(tmp_path: Path) -> None:
     full = json.loads((tmp_path / "full" / "result.json").read_text())
     part = json.loads((tmp_path / "part" / "result.json").read_text())
     assert part["steps"] == 20 and part["final"] == full["final"]
+
+
+def test_stop_at_pauses_and_resume_ends_exactly_like_an_uninterrupted_run(
+    tmp_path: Path, capsys
+) -> None:
+    # a cosine schedule: pausing must not shorten it (--steps on resume would)
+    data = {**TINY, "train": {**TINY["train"], "schedule": "cosine", "warmup_steps": 2}}
+    cfg = write_config(tmp_path, data)
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    assert main(["train", str(cfg), "--out", full, "--quiet"]) == 0
+    assert main(["train", str(cfg), "--out", part, "--quiet", "--stop-at", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert "paused at step 10 of 20" in printed and f"clinvert train --resume {part}" in printed
+    assert not (tmp_path / "part" / "result.json").exists()  # paused, not finished
+    assert torch.load(Path(part) / "checkpoint.pt", weights_only=True)["step"] == 10
+    # not past the checkpoint: one line, exit 2
+    assert main(["train", "--resume", part, "--quiet", "--stop-at", "10"]) == 2
+    assert "--stop-at: must be above the step training starts from (10)" in capsys.readouterr().err
+    assert main(["train", "--resume", part, "--quiet"]) == 0
+
+    def rows(run: str) -> list[dict]:
+        lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k != "wall_seconds"} for x in lines]
+
+    assert rows(part) == rows(full) and [r["step"] for r in rows(part)] == [0, 10, 20]
+    a = json.loads((tmp_path / "full" / "result.json").read_text())
+    b = json.loads((tmp_path / "part" / "result.json").read_text())
+    assert b["status"] == "finished" and b["steps"] == 20 and b["final"] == a["final"]
+    # a finished run resumed to more steps and paused again no longer claims its old finish
+    assert main(["train", "--resume", part, "--steps", "30", "--stop-at", "25", "--quiet"]) == 0
+    assert not (tmp_path / "part" / "result.json").exists()
+
+
+def test_stop_at_below_one_is_refused_before_anything_is_written(tmp_path: Path, capsys) -> None:
+    cfg = write_config(tmp_path, TINY)
+    assert main(["train", str(cfg), "--out", str(tmp_path / "r"), "--stop-at", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "clinvert: error: --stop-at: must be >= 1, got 0"
+    assert not (tmp_path / "r").exists()
 
 
 def test_config_command_prints_the_resolved_config(capsys) -> None:

@@ -1,7 +1,7 @@
 """The ``clinvert`` command.
 
 clinvert train CONFIG.yaml --out DIR [--set key.path=value ...] [--force]
-clinvert train --resume DIR [--steps N]
+clinvert train --resume DIR [--steps N] [--stop-at STEP]
 clinvert demo [--out DIR]
 clinvert config [CONFIG.yaml] [--set key.path=value ...]
 """
@@ -34,6 +34,8 @@ examples:
   clinvert train examples/box-uniform-laplace0.1__box-l1 --out runs/box \\
       --set train.steps=2000 --set latent.conditional.scale=0.1
   clinvert train --resume runs/box            # continue from runs/box/checkpoint.pt
+  clinvert train my-config.yaml --out runs/a --stop-at 2000   # pause after step 2000 of the
+      schedule; `--resume runs/a` later ends exactly like an uninterrupted run
   clinvert train table2/box-uniform-laplace0.05__box-l1 --profile quick \\
       --out runs/l1-quick                      # a table row at its quick (2-core) size
   clinvert train table2/box-uniform-laplace0.05__box-l1 --profile quick --nproc 2 \\
@@ -90,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory to write")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
     p.add_argument("--steps", type=int, help="with --resume: train to this many steps in total")
+    p.add_argument(
+        "--stop-at",
+        type=int,
+        metavar="STEP",
+        help=(
+            "pause after this step with a checkpoint (the schedule still spans train.steps); "
+            "--resume DIR continues exactly as if never paused"
+        ),
+    )
     p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
     p.add_argument("--profile", help="merge this profile of the config first (e.g. quick)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -550,6 +561,8 @@ def print_comparison(result: dict) -> None:
         print(f"{label:24s}{_cell(final.get('r2'))}{_cell(final.get('mcc'))}")
         if final.get("r2") is None:
             print("(no ground-truth latents: nothing to score; give data.z to score the codes)")
+    elif result["status"] == "stopped":
+        print(f"learned: paused at step {result['steps']} of {result['of_steps']} (--stop-at)")
     else:
         print(f"learned: run {result['status']}: {result.get('error', '')}")
     print(f"({result['steps']} steps, {result['wall_seconds']:.0f} s on {result['device']})")
@@ -584,6 +597,8 @@ def _check_before_launch(args: argparse.Namespace) -> None:
     from clinvert.data.sources import Shards
     from clinvert.rundir import check_run_dir
 
+    if args.stop_at is not None and args.stop_at < 1:
+        raise ConfigError(f"--stop-at: must be >= 1, got {args.stop_at}")
     if args.resume:
         if not (Path(args.resume) / "config.yaml").exists():
             raise ConfigError(f"--resume: {args.resume} holds no run (config.yaml missing)")
@@ -611,7 +626,9 @@ def _train_here(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume: {args.resume} holds no run (config.yaml missing)")
         if args.steps is not None and args.steps < 0:
             raise ConfigError(f"--steps: must be >= 0, got {args.steps}")
-        result = train.resume(args.resume, steps=args.steps, progress=not args.quiet)
+        result = train.resume(
+            args.resume, steps=args.steps, progress=not args.quiet, stop_at=args.stop_at
+        )
     else:
         if not args.config:
             raise ConfigError("config: a YAML config is required (or --resume DIR)")
@@ -620,10 +637,14 @@ def _train_here(args: argparse.Namespace) -> int:
         if args.steps is not None:
             raise ConfigError("--steps: only with --resume; use --set train.steps=N")
         cfg = load_config(args.config, args.overrides, args.profile)
-        result = train.train(cfg, args.out, progress=not args.quiet, force=args.force)
+        result = train.train(
+            cfg, args.out, progress=not args.quiet, force=args.force, stop_at=args.stop_at
+        )
     if distributed.world().is_main:
         print_comparison(result)
-    return 0 if result["status"] == "finished" else 1
+        if result["status"] == "stopped":
+            print(f"continue with: clinvert train --resume {args.resume or args.out}")
+    return 0 if result["status"] in ("finished", "stopped") else 1
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@
     DIR/metrics.jsonl    one JSON object per evaluation (step, loss, r2, mcc, lr, wall_seconds, ...;
                          r2_per_factor where the source names its factors)
     DIR/result.json      final scores, identity baseline, seed, steps, wall time, the resolved
-                         config, the clinvert version and git commit
+                         config, the clinvert version and git commit (absent while a run is
+                         paused with ``--stop-at``: the checkpoint holds its state)
     DIR/checkpoint.pt    model, optimiser, scheduler, source state (RNG), step (written atomically)
     DIR/r2_per_factor.png   runs whose source names its factors (3DIdent)
     DIR/tensorboard/     event files, with ``log.tensorboard: true``
@@ -153,6 +154,11 @@ class RunDirectory(Callback):
         trainer.last_checkpoint = trainer.step
 
     def on_end(self, trainer: Trainer, result: dict[str, Any]) -> None:
+        if result["status"] == "stopped":
+            # paused with --stop-at: the checkpoint is the state; an older result.json (a run
+            # resumed to more steps) no longer describes it
+            (self.path / "result.json").unlink(missing_ok=True)
+            return
         write_json(self.path / "result.json", result)
         per_factor = (result.get("final") or {}).get("r2_per_factor")
         if per_factor:

@@ -348,11 +348,16 @@ class Trainer:
         )
 
     # ----- the loop ----------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> dict[str, Any]:
+    def run(self, resume: bool = False, stop_at: int | None = None) -> dict[str, Any]:
         """Train to ``train.steps`` (continuing from the run directory's checkpoint when ``resume``)
-        and return the result (what ``result.json`` holds)."""
+        and return the result (what ``result.json`` holds).
+
+        With ``stop_at`` below ``train.steps``, training pauses after that step: a checkpoint is
+        written and the result has status ``"stopped"`` (no test evaluation). The learning-rate
+        schedule still spans ``train.steps``, so resuming ends exactly like an uninterrupted run.
+        """
         try:
-            return self._run(resume)
+            return self._run(resume, stop_at)
         finally:
             self.source.close()
             for cb in self.callbacks:
@@ -386,12 +391,18 @@ class Trainer:
             **{sync: False},
         )
 
-    def _run(self, resume: bool) -> dict[str, Any]:
+    def _run(self, resume: bool, stop_at: int | None) -> dict[str, Any]:
         cfg = self.cfg
+        end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
         if not resume and cfg.train.init_from is not None and not self.initialised:
             self.init_weights(cfg.train.init_from)  # before the callbacks write anything
         for cb in self.callbacks:
-            cb.on_start(self, resume)
+            cb.on_start(self, resume)  # on resume, the checkpoint is loaded here
+        if stop_at is not None and stop_at <= self.step:
+            raise ConfigError(
+                f"--stop-at: must be above the step training starts from ({self.step}), "
+                f"got {stop_at}"
+            )
         if self.world.distributed:
             self._distribute(resume)
         main = self.world.is_main
@@ -412,7 +423,7 @@ class Trainer:
         try:
             if self.step == 0 and not self.rows and main:
                 self._log_eval(None, bar)
-            while self.step < cfg.train.steps:
+            while self.step < end:
                 loss, bad = self.train_step()
                 self.step += 1
                 fresh = (first_bad[1] == 0) & (bad != 0)
@@ -434,13 +445,16 @@ class Trainer:
                     self.loss_count = 0
                 if do_ckpt and main:
                     self._checkpoint()
+            if self.step < cfg.train.steps:
+                self._guard(first_bad)  # no checkpoint over a bad step
+                status = "stopped"
         except RunFailed as exc:
             status, error = "failed", str(exc)
         finally:
             bar.close()
         if not main:
             return {"status": status, "rank": self.world.rank, "steps": self.step}
-        if status == "finished":
+        if status in ("finished", "stopped"):
             self._checkpoint()
         result = self._result(status, error, identity)
         for cb in self.callbacks:
@@ -474,6 +488,8 @@ class Trainer:
         result: dict[str, Any] = {"status": status}
         if error:
             result["error"] = error
+        if status == "stopped":
+            result["of_steps"] = self.cfg.train.steps
         if status == "finished":
             final = self.evaluate("test")
             final["loss"] = self.rows[-1]["loss"] if self.rows else None
@@ -530,14 +546,18 @@ def train(
     progress: bool = True,
     force: bool = False,
     callbacks: Iterable[Callback] = (),
+    stop_at: int | None = None,
 ) -> dict[str, Any]:
-    """Train ``cfg`` into the run directory ``out_dir`` from scratch and return the result.
+    """Train ``cfg`` into the run directory ``out_dir`` from scratch and return the result
+    (pausing after step ``stop_at`` if given, see :meth:`Trainer.run`).
 
     Raises:
         ConfigError: ``out_dir`` holds a finished run (without ``force``), or the source's files
             are missing; nothing is written then.
     """
     out = Path(out_dir)
+    if stop_at is not None and stop_at < 1:
+        raise ConfigError(f"--stop-at: must be >= 1, got {stop_at}")
     check_run_dir(out, force)
     check_data_dirs(cfg)
     cfg = with_shards(cfg, distributed.world().size)
@@ -547,7 +567,7 @@ def train(
     if force and trainer.world.is_main:
         for name in ("result.json", CHECKPOINT, "metrics.jsonl"):
             (out / name).unlink(missing_ok=True)
-    return trainer.run()
+    return trainer.run(stop_at=stop_at)
 
 
 def resume(
@@ -556,11 +576,13 @@ def resume(
     steps: int | None = None,
     progress: bool = True,
     callbacks: Iterable[Callback] = (),
+    stop_at: int | None = None,
 ) -> dict[str, Any]:
-    """Continue the run in ``out_dir`` from its checkpoint (to ``steps`` if given)."""
+    """Continue the run in ``out_dir`` from its checkpoint (to ``steps`` if given; pausing after
+    step ``stop_at`` if given, see :meth:`Trainer.run`)."""
     out = Path(out_dir)
     data = read_run_config(out)
     if steps is not None:
         data.setdefault("train", {})["steps"] = steps
     cfg = validate_config(data)
-    return Trainer(cfg, out, progress, callbacks=callbacks).run(resume=True)
+    return Trainer(cfg, out, progress, callbacks=callbacks).run(resume=True, stop_at=stop_at)
