@@ -176,6 +176,26 @@ def test_random_codes_fool_mcc_with_many_outputs_but_not_alignment() -> None:
         random_code_scores(z, outputs=0)
 
 
+def test_fold_r2_names_a_fold_that_the_affine_r2_only_shows_as_missing() -> None:
+    """z_1 held as z_1 * sign(z_0) and z_2 as |z_2|: the affine R² of both is about 0, the folds
+    read them at about 1; an affine code (a random mixing) scores about 0 on every fold, its
+    targets being uncorrelated with every affine function of independent symmetric latents (the
+    held-out R² of such a target is -d/N-ish, sampling noise well under 0.02 at N = 4000)."""
+    from clinvert.metrics import fold_r2, r2_per_dim
+
+    rng = np.random.default_rng(0)
+    z = rng.uniform(-1, 1, size=(4000, 3))
+    folded = np.c_[z[:, 0], z[:, 1] * np.sign(z[:, 0]), np.abs(z[:, 2])]
+    folded += 0.01 * rng.normal(size=folded.shape)
+    assert (np.abs(r2_per_dim(z, folded)[1:]) < 0.02).all()
+    folds = fold_r2(z, folded)
+    assert folds.shape == (3, 3) and folds[1, 0] > 0.95 and folds[2, 2] > 0.95
+    # the fold of z_1 at z_0 lets z_0 * sign(z_1) be read in part too (sign(z_0 z_1) is in h)
+    assert 0.3 < folds[0, 1] < 0.8
+    affine = z @ rng.normal(size=(3, 5)) + 0.01 * rng.normal(size=(4000, 5))
+    assert np.abs(fold_r2(z, affine)).max() < 0.02
+
+
 def test_r2_by_bins_splits_the_held_out_error_of_one_fit() -> None:
     """Noise that grows with a covariate shows in the late bins only; the bins' errors add up to
     the overall one (sample-weighted), and a single bin is :func:`r2_per_dim` itself."""

@@ -412,6 +412,15 @@ def test_train_on_images_writes_the_run_directory_and_resumes_exactly(toy, tmp_p
     assert whole == pytest.approx(ours, abs=5.1e-4)  # printed to three decimals
     assert rows[-1].startswith("| full | all | 48 |")  # the scored half of the 96
     assert main(["threedident", "gimbal", str(tmp_path / "nothing")]) == 2
+    # per factor the affine R² (the run's own) and the strongest fold
+    folds = tmp_path / "folds.md"
+    assert main(["threedident", "folds", str(run), "--out", str(folds)]) == 0
+    rows = folds.read_text().splitlines()
+    assert rows[0] == "| run | factor | affine R² | strongest fold | its R² |"
+    assert len(rows) == 2 + 10 and [r.split("|")[2].strip() for r in rows[2:]] == list(FACTORS)
+    affine = [float(r.split("|")[3]) for r in rows[2:]]
+    assert affine == pytest.approx([final["r2_per_factor"][f] for f in FACTORS], abs=5.1e-4)
+    assert main(["threedident", "folds", str(tmp_path / "nothing")]) == 2
     # the encoder on its training images and its held-out ones: the test row is the run's own R²
     probe = tmp_path / "probe.md"
     assert main(["threedident", "probe", str(run), "--out", str(probe)]) == 0

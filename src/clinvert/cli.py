@@ -378,7 +378,7 @@ def _cmd_kitti(args: argparse.Namespace) -> int:
 
 
 def _add_threedident(sub: argparse._SubParsersAction) -> None:
-    """The ``threedident`` command group (``render``, ``table``, ``grid``, ``curves``, ``gimbal``,
+    """The ``threedident`` command group (``render``, ``table``, ``grid``, ``curves``, ``gimbal``, ``folds``,
     ``probe``, ``objective``)."""
     p = sub.add_parser(
         "threedident",
@@ -476,6 +476,21 @@ def _add_threedident(sub: argparse._SubParsersAction) -> None:
     )
     gb.add_argument("runs", nargs="+", metavar="RUN", help="finished 3DIdent run directories")
     gb.add_argument("--out", help="write the table to this file (default: print it)")
+    fo = group.add_parser(
+        "folds",
+        help="per factor: affine R² and the strongest fold z_j × sign(z_k) a code holds",
+        description=(
+            "Re-apply each 3DIdent run's encoder to its held-out images and print, per factor j, "
+            "the affine R² and the factor k for which z_j × sign(z_k) (abs(z_j) when k = j) is "
+            "read best by an affine fit, with that R². An affine code scores about 0 there; a "
+            "factor low in affine R² but high in a fold is held linearly on each side of k's "
+            "middle and flipped between them."
+        ),
+        epilog="example:\n  clinvert threedident folds runs/a runs/b --out folds.md\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fo.add_argument("runs", nargs="+", metavar="RUN", help="3DIdent run directories (box mode)")
+    fo.add_argument("--out", help="write the table to this file (default: print it)")
     pb = group.add_parser(
         "probe",
         help="affine and kNN R² per factor of a run's encoder on its training and held-out images",
@@ -781,10 +796,12 @@ def _print_or_write(table: str, out: str | None, what: str) -> None:
 
 
 def _cmd_threedident(args: argparse.Namespace) -> int:
-    if args.threedident_command in ("table", "gimbal"):
-        from clinvert.data.threedident.summary import gimbal_table, markdown_table
+    if args.threedident_command in ("table", "gimbal", "folds"):
+        from clinvert.data.threedident.summary import folds_table, gimbal_table, markdown_table
 
-        make = markdown_table if args.threedident_command == "table" else gimbal_table
+        make = {"table": markdown_table, "gimbal": gimbal_table, "folds": folds_table}[
+            args.threedident_command
+        ]
         _print_or_write(make(args.runs), args.out, args.threedident_command)
         return 0
 

@@ -9,6 +9,8 @@
   in h, but not linearly; both low means h has lost it.
 * :func:`mlp_r2_per_dim` -- the same question with a small MLP fit on a separate (larger) set: in ten
   or more dimensions it reads smooth factors that kNN's wide neighbourhoods miss.
+* :func:`fold_r2` -- a diagnostic for codes that hold a factor linearly on each side of another
+  factor's middle but flipped between them (a fold): the R^2 of ``z_j * sign(z_k)``.
 * :func:`alignment` -- how axis-aligned a code is, whatever its width: 1 when every dimension of h
   that carries latent information depends on one latent alone, lower for mixtures (a rotation).
 * :func:`random_code_scores` -- the scores the protocol gives codes that hold the latents linearly
@@ -164,6 +166,26 @@ def r2_per_dim_by_bins(
         if counts[b]:
             r2s[b] = 1.0 - err[mask].mean(0) / np.where(var > 0, var, 1.0)
     return r2s, counts
+
+
+def fold_r2(z: ArrayLike, h: ArrayLike, seed: int = 0) -> np.ndarray:
+    """Held-out R^2 of :func:`r2_per_dim`'s affine fit to folded latents, shape [n, n].
+
+    Entry ``[j, k]`` scores the target ``(z_j - m_j) * sign(z_k - m_k)`` (``m`` the medians): a
+    code that holds latent j linearly on each side of latent k's median, but with opposite signs,
+    reads it there and not in z_j itself. The diagonal ``[j, j]`` scores ``|z_j - m_j|`` (latent j
+    folded at its own median: the code cannot tell z_j from its mirror image). For independent
+    latents symmetric about their medians these targets are uncorrelated with every affine function
+    of z, so an affine code scores about 0 everywhere (sampling noise of order 1/sqrt(N)) and a high
+    entry names the fold that an affine R^2 below 1 hides. Same random halves as :func:`r2_per_dim`.
+    """
+    z_, h_ = _pair(z, h)
+    centred = z_ - np.median(z_, axis=0)
+    side = np.where(centred >= 0, 1.0, -1.0)
+    n = z_.shape[1]
+    targets = (centred[:, :, None] * side[:, None, :]).reshape(len(z_), n * n)  # [N, j * n + k]
+    targets[:, np.arange(n) * (n + 1)] = np.abs(centred)  # the diagonal: |z_j - m_j|
+    return r2_per_dim(targets, h_, seed).reshape(n, n)
 
 
 def r2(z: ArrayLike, h: ArrayLike, seed: int = 0) -> float:

@@ -230,6 +230,49 @@ def _encode_test_images(run: Path, cfg: Any) -> tuple[Any, Any]:
     return np.asarray(test.latents[: len(h)], dtype=np.float64), h
 
 
+def _box_test_codes(run: Path, what: str) -> tuple[Any, Any]:
+    """(z, h) of a box-mode 3DIdent run's held-out images, or a one-line ConfigError."""
+    if not (run / "config.yaml").is_file():
+        raise ConfigError(f"run: {run} is not a run directory (no config.yaml)")
+    cfg = validate_config(read_run_config(run))
+    if cfg.data.source != "threedident":
+        raise ConfigError(f"run: {run} is not a 3DIdent run (data.source {cfg.data.source})")
+    if _manifest(cfg.data.test_dir).get("mode", "box") != "box":
+        raise ConfigError(f"run: {run} was tested on periodic-mode latents; {what} need box mode")
+    return _encode_test_images(run, cfg)
+
+
+def folds_table(runs: list[str | Path]) -> str:
+    """Markdown table: per run and factor, the held-out affine R² and the strongest fold.
+
+    For factor j the fold column names the factor k whose sign best explains what an affine fit
+    misses: the R² of ``z_j * sign(z_k)`` (``|z_j|`` when k = j) by
+    :func:`clinvert.metrics.fold_r2`, on the run's held-out images (the first ``eval.samples``, the
+    same halves as the run's own R²). An affine code scores about 0 there for every k; a factor at
+    R² 0.3 whose fold scores 0.6 is in the code, linearly on each side of k's middle and flipped
+    between them, which more training of a smooth map does not undo. A fold of j at k also makes
+    ``z_k * sign(z_j)`` partly readable, so such pairs show in both rows.
+
+    Raises:
+        ConfigError: one line for a run that is not a box-mode 3DIdent run with a checkpoint.
+    """
+    from clinvert.metrics import fold_r2, r2_per_dim
+
+    lines = [
+        "| run | factor | affine R² | strongest fold | its R² |",
+        "|---|---|---|---|---|",
+    ]
+    for run in runs:
+        run = Path(run)
+        z, h = _box_test_codes(run, "the folds")
+        folds, total = fold_r2(z, h), r2_per_dim(z, h)
+        for j, name in enumerate(FACTORS):
+            k = int(folds[j].argmax())
+            fold = f"abs({name})" if k == j else f"{name} × sign({FACTORS[k]})"
+            lines.append(f"| {run.name} | {name} | {total[j]:.3f} | {fold} | {folds[j, k]:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def gimbal_table(runs: list[str | Path], edges: tuple[float, ...] = GIMBAL_EDGES) -> str:
     """Markdown table: each run's held-out R² of the three rotations per bin of |beta|.
 
@@ -255,17 +298,7 @@ def gimbal_table(runs: list[str | Path], edges: tuple[float, ...] = GIMBAL_EDGES
     ]
     for run in runs:
         run = Path(run)
-        if not (run / "config.yaml").is_file():
-            raise ConfigError(f"run: {run} is not a run directory (no config.yaml)")
-        cfg = validate_config(read_run_config(run))
-        if cfg.data.source != "threedident":
-            raise ConfigError(f"run: {run} is not a 3DIdent run (data.source {cfg.data.source})")
-        manifest = _manifest(cfg.data.test_dir)
-        if manifest.get("mode", "box") != "box":
-            raise ConfigError(
-                f"run: {run} was tested on periodic-mode latents; the |beta| bins need box mode"
-            )
-        z, h = _encode_test_images(run, cfg)
+        z, h = _box_test_codes(run, "the |beta| bins")
         r2s, counts = r2_per_dim_by_bins(z, h, abs(z[:, beta]), edges)
         total = r2_per_dim(z, h)  # the run's own R² per factor
         for b, count in enumerate(counts):
