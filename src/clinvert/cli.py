@@ -378,8 +378,8 @@ def _cmd_kitti(args: argparse.Namespace) -> int:
 
 
 def _add_threedident(sub: argparse._SubParsersAction) -> None:
-    """The ``threedident`` command group (``render``, ``table``, ``grid``, ``curves``, ``gimbal``, ``folds``,
-    ``probe``, ``objective``)."""
+    """The ``threedident`` command group (``render``, ``table``, ``grid``, ``curves``, ``gimbal``,
+    ``folds``, ``probe``, ``objective``)."""
     p = sub.add_parser(
         "threedident",
         help="3DIdent data: render the teapot dataset, tabulate runs",
@@ -658,7 +658,8 @@ def _train_here(args: argparse.Namespace) -> int:
     if distributed.world().is_main:
         print_comparison(result)
         if result["status"] == "stopped":
-            print(f"continue with: clinvert train --resume {args.resume or args.out}")
+            nproc = f" --nproc {args.nproc}" if args.nproc and args.nproc > 1 else ""
+            print(f"continue with: clinvert train --resume {args.resume or args.out}{nproc}")
     return 0 if result["status"] in ("finished", "stopped") else 1
 
 
