@@ -1,7 +1,7 @@
 """How much the preview image of a scene changes when rotation latents change sign: 400 random
-scenes (seed 0) at 64x64, rendered as drawn and with (alpha, gamma), alpha, gamma, beta, or all three
-negated; prints the mean absolute pixel difference and the share of pixels that move by more than
-8/255 in some channel.
+scenes (seed 0) at 64x64, rendered as drawn and with (alpha, gamma), alpha, gamma, beta,
+(beta, gamma) or all three negated; prints the mean absolute pixel difference and the share of
+pixels that move by more than 8/255 in some channel.
 
     python results/threedident/exploratory/twin_pixels.py
 """
@@ -22,6 +22,7 @@ for name, cols in (
     ("(-a, b, g)", [a]),
     ("(a, b, -g)", [g]),
     ("(a, -b, g)", [b]),
+    ("(a, -b, -g)", [b, g]),
     ("(-a, -b, -g)", [a, b, g]),
 ):
     flipped = z.copy()
