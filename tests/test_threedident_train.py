@@ -336,7 +336,9 @@ def test_missing_dir_message(toy, tmp_path: Path, capsys) -> None:
 
 
 # ----- end to end --------------------------------------------------------------------------------
-def test_train_on_images_writes_the_run_directory_and_resumes_exactly(toy, tmp_path: Path) -> None:
+def test_train_on_images_writes_the_run_directory_and_resumes_exactly(
+    toy, tmp_path: Path, capsys
+) -> None:
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(image_config(toy)))
     assert main(["train", str(cfg), "--out", str(tmp_path / "full"), "--quiet"]) == 0
@@ -421,6 +423,23 @@ def test_train_on_images_writes_the_run_directory_and_resumes_exactly(toy, tmp_p
     affine = [float(r.split("|")[3]) for r in rows[2:]]
     assert affine == pytest.approx([final["r2_per_factor"][f] for f in FACTORS], abs=5.1e-4)
     assert main(["threedident", "folds", str(tmp_path / "nothing")]) == 2
+    # every fold among the named factors: the diagonal and the strongest fold are those above
+    matrix = tmp_path / "matrix.md"
+    assert main(["threedident", "folds", str(run), "--matrix", "all", "--out", str(matrix)]) == 0
+    cells = [[float(c) for c in r.split("|")[3:-1]] for r in matrix.read_text().splitlines()[2:]]
+    assert len(cells) == 10 and all(len(row) == 10 for row in cells)
+    strongest = [float(r.split("|")[5]) for r in rows[2:]]
+    assert [max(row) for row in cells] == pytest.approx(strongest, abs=1e-9)
+    assert (
+        main(["threedident", "folds", str(run), "--matrix", "rotations", "--out", str(matrix)]) == 0
+    )
+    rows3 = matrix.read_text().splitlines()
+    assert rows3[0] == (
+        "| run | factor j | z_j × sign(rot_alpha) | z_j × sign(rot_beta) | z_j × sign(rot_gamma) |"
+    )
+    assert [r.split("|")[2].strip() for r in rows3[2:]] == ["rot_alpha", "rot_beta", "rot_gamma"]
+    assert main(["threedident", "folds", str(run), "--matrix", "rot_alpha,spin"]) == 2
+    assert "unknown factor 'spin'" in capsys.readouterr().err
     # the encoder on its training images and its held-out ones: the test row is the run's own R²
     probe = tmp_path / "probe.md"
     assert main(["threedident", "probe", str(run), "--out", str(probe)]) == 0

@@ -486,11 +486,22 @@ def _add_threedident(sub: argparse._SubParsersAction) -> None:
             "factor low in affine R² but high in a fold is held linearly on each side of k's "
             "middle and flipped between them."
         ),
-        epilog="example:\n  clinvert threedident folds runs/a runs/b --out folds.md\n",
+        epilog=(
+            "examples:\n  clinvert threedident folds runs/a runs/b --out folds.md\n"
+            "  clinvert threedident folds runs/a --matrix rotations\n"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fo.add_argument("runs", nargs="+", metavar="RUN", help="3DIdent run directories (box mode)")
     fo.add_argument("--out", help="write the table to this file (default: print it)")
+    fo.add_argument(
+        "--matrix",
+        metavar="FACTORS",
+        help=(
+            "print every fold z_j × sign(z_k) among these factors instead of the strongest: "
+            "'rotations', 'all' or comma-separated names (rot_alpha,rot_gamma)"
+        ),
+    )
     pb = group.add_parser(
         "probe",
         help="affine and kNN R² per factor of a run's encoder on its training and held-out images",
@@ -800,6 +811,12 @@ def _cmd_threedident(args: argparse.Namespace) -> int:
     if args.threedident_command in ("table", "gimbal", "folds"):
         from clinvert.data.threedident.summary import folds_table, gimbal_table, markdown_table
 
+        if args.threedident_command == "folds" and args.matrix is not None:
+            from clinvert.data.threedident.summary import fold_matrix_table, parse_factors
+
+            table = fold_matrix_table(args.runs, parse_factors(args.matrix))
+            _print_or_write(table, args.out, "folds")
+            return 0
         make = {"table": markdown_table, "gimbal": gimbal_table, "folds": folds_table}[
             args.threedident_command
         ]

@@ -273,6 +273,56 @@ def folds_table(runs: list[str | Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: ``--matrix`` shorthands: the three Euler angles, or every factor.
+FACTOR_GROUPS = {"rotations": ("rot_alpha", "rot_beta", "rot_gamma"), "all": FACTORS}
+
+
+def parse_factors(spec: str) -> tuple[str, ...]:
+    """Factor names from ``"rotations"``, ``"all"`` or a comma-separated list of names.
+
+    Raises:
+        ConfigError: one line naming the unknown factor and what is allowed.
+    """
+    if spec in FACTOR_GROUPS:
+        return tuple(FACTOR_GROUPS[spec])
+    names = tuple(name.strip() for name in spec.split(",") if name.strip())
+    for name in names:
+        if name not in FACTORS:
+            allowed = ", ".join((*FACTOR_GROUPS, *FACTORS))
+            raise ConfigError(f"matrix: unknown factor {name!r}; allowed: {allowed}")
+    if not names:
+        raise ConfigError("matrix: no factor named; give rotations, all or names like rot_alpha")
+    return names
+
+
+def fold_matrix_table(runs: list[str | Path], factors: tuple[str, ...]) -> str:
+    """Markdown table: per run and factor j, the R² of ``z_j * sign(z_k)`` for every named k.
+
+    Where :func:`folds_table` names each factor's strongest fold, this prints all of them among
+    ``factors`` (``|z_j|`` on the diagonal), read by :func:`clinvert.metrics.fold_r2` on the same
+    held-out images and halves. A code blind to the joint sign flip of j and k holds both
+    ``z_j * sign(z_k)`` and ``z_k * sign(z_j)``, so such a fold shows as a symmetric pair.
+
+    Raises:
+        ConfigError: one line for a run that is not a box-mode 3DIdent run with a checkpoint.
+    """
+    from clinvert.metrics import fold_r2
+
+    index = [FACTORS.index(name) for name in factors]
+    lines = [
+        "| run | factor j | " + " | ".join(f"z_j × sign({name})" for name in factors) + " |",
+        "|---|---|" + "---|" * len(factors),
+    ]
+    for run in runs:
+        run = Path(run)
+        z, h = _box_test_codes(run, "the fold matrix")
+        folds = fold_r2(z, h)
+        for j in index:
+            cells = " | ".join(f"{folds[j, k]:.3f}" for k in index)
+            lines.append(f"| {run.name} | {FACTORS[j]} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
 def gimbal_table(runs: list[str | Path], edges: tuple[float, ...] = GIMBAL_EDGES) -> str:
     """Markdown table: each run's held-out R² of the three rotations per bin of |beta|.
 
