@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
 from clinvert.config import load_config
-from clinvert.data.threedident.objective import SCALES, pair_latents
+from clinvert.data.threedident.objective import oracle_loss, pair_latents
 from clinvert.experiment import make_loss
 
 CONFIG = "configs/threedident/s3-box-normal-conv.yaml"
@@ -68,19 +67,6 @@ CODES = {
 }
 
 
-def best_loss(z: list[torch.Tensor], zt: list[torch.Tensor], loss: torch.nn.Module) -> float:
-    """The lowest mean loss over :data:`SCALES` of the encoder ``scale * z``."""
-    best = float("inf")
-    with torch.no_grad():
-        for scale in SCALES:
-            s = float(scale)
-            best = min(
-                best,
-                float(np.mean([float(loss(a * s, b * s)) for a, b in zip(z, zt, strict=True)])),
-            )
-    return best
-
-
 def main() -> None:
     """Print one markdown table: per setting and pairing, the true latents' loss and each
     defect's excess over it (nats)."""
@@ -96,14 +82,17 @@ def main() -> None:
         latents, _, _ = pair_latents(cfg, args.batches)
         sigma = torch.as_tensor(cfg.latent.conditional.scale, dtype=torch.float32)
         metric = (sigma.min() / sigma).expand(cfg.latent.dim)
+        columns = list(range(cfg.latent.dim))
         for pairing, (z, zt) in latents.items():
-            base = best_loss([a * metric for a in z], [b * metric for b in zt], loss)
-            cells = [f"{base:.3f}"]
-            for name in names[1:]:
-                code = CODES[name]
-                fz = [code(a) * metric for a in z]
-                excess = best_loss(fz, [code(b) * metric for b in zt], loss) - base
-                cells.append(f"+{excess:.3f}")
+            # each code at its own best output scale (the objective's oracle search)
+            lost = {
+                name: oracle_loss(
+                    [code(a) * metric for a in z], [code(b) * metric for b in zt], loss, columns
+                )[0]
+                for name, code in CODES.items()
+            }
+            base = lost[names[0]]
+            cells = [f"{base:.3f}"] + [f"+{lost[name] - base:.3f}" for name in names[1:]]
             print(f"| {label} | {pairing} | " + " | ".join(cells) + " |", flush=True)
 
 

@@ -1,6 +1,6 @@
 """How much the teapot's silhouette changes when rotation latents change sign (exploratory): 400
-random scenes (seed 0) at 64x64 with the preview renderer, as drawn and with (alpha, gamma),
-alpha, gamma, beta, (beta, gamma) or all three negated. The object's pixels are those that do not
+random scenes (seed 0) at 64x64 with the preview renderer, as drawn and with the sign flips of
+``twin_pixels.py`` (the same scenes and flips, imported from it). The object's pixels are those that do not
 change when the background hue is moved by half a turn (the rest is background, floor or shadow);
 prints the mean intersection over union of the two silhouettes and the share of object pixels
 outside the other silhouette. An even early code of two rotations would be what a
@@ -12,13 +12,11 @@ silhouette-reading encoder forms if their joint sign flip kept the silhouette.
 from __future__ import annotations
 
 import numpy as np
+from twin_pixels import scenes, twins  # this folder, first on sys.path when run as a script
 
 from clinvert.data.threedident.factors import FACTORS
 from clinvert.data.threedident.preview import render
 
-rng = np.random.default_rng(0)
-z = rng.uniform(-1, 1, (400, 10)).astype(np.float32)
-a, b, g = (FACTORS.index(f) for f in ("rot_alpha", "rot_beta", "rot_gamma"))
 hue = FACTORS.index("hue_background")
 
 
@@ -30,22 +28,16 @@ def silhouette(latents: np.ndarray) -> np.ndarray:
     return d.max(-1) <= 8
 
 
-base = silhouette(z)
-print(f"object pixels per image: {base.sum((1, 2)).mean():.0f} of 4096")
-for name, cols in (
-    ("(-a, b, -g)", [a, g]),
-    ("(-a, b, g)", [a]),
-    ("(a, b, -g)", [g]),
-    ("(a, -b, g)", [b]),
-    ("(a, -b, -g)", [b, g]),
-    ("(-a, -b, -g)", [a, b, g]),
-):
-    flipped = z.copy()
-    flipped[:, cols] *= -1
-    twin = silhouette(flipped)
-    inter, union = (base & twin).sum((1, 2)), (base | twin).sum((1, 2))
-    iou = (inter / np.maximum(union, 1)).mean()
-    outside = ((base & ~twin).sum((1, 2)) / np.maximum(base.sum((1, 2)), 1)).mean()
-    print(
-        f"{name:14s} silhouette IoU {iou:.3f}   object pixels outside the twin's {100 * outside:.1f} %"
-    )
+if __name__ == "__main__":
+    z = scenes()
+    base = silhouette(z)
+    print(f"object pixels per image: {base.sum((1, 2)).mean():.0f} of 4096")
+    for name, flipped in twins(z):
+        twin = silhouette(flipped)
+        inter, union = (base & twin).sum((1, 2)), (base | twin).sum((1, 2))
+        iou = (inter / np.maximum(union, 1)).mean()
+        outside = ((base & ~twin).sum((1, 2)) / np.maximum(base.sum((1, 2)), 1)).mean()
+        print(
+            f"{name:14s} silhouette IoU {iou:.3f}   "
+            f"object pixels outside the twin's {100 * outside:.1f} %"
+        )
