@@ -196,6 +196,39 @@ def test_fold_r2_names_a_fold_that_the_affine_r2_only_shows_as_missing() -> None
     assert np.abs(fold_r2(z, affine)).max() < 0.02
 
 
+def test_linear_agreement_reads_affine_images_folds_and_noise_as_the_math_says() -> None:
+    """Two noisy affine codes of z ~ U[-1, 1]^10 (variance 1/3, noise variance s² = 1/30 per
+    output, orthogonal mixings): each whitened direction of one is read from the other at R²
+    ((1/3) / (1/3 + s²))² = (10/11)² ≈ 0.826 (the recoverable share of z, times the share of the
+    direction that is z). A code holding z_2 as z_2 * sign(z_0) leaves one direction that no
+    affine map of an affine code reaches (its best prediction is 0), the others at 1; an affine
+    image of a code agrees with it at 1 everywhere."""
+    from clinvert.metrics import linear_agreement
+
+    rng = np.random.default_rng(0)
+    n, d, s2 = 4000, 10, 1 / 30
+    z = rng.uniform(-1, 1, size=(n, d))
+    a, b = (np.linalg.qr(rng.normal(size=(d, d)))[0] for _ in range(2))
+    h_a = z @ a + np.sqrt(s2) * rng.normal(size=(n, d))
+    h_b = z @ b + np.sqrt(s2) * rng.normal(size=(n, d))
+    spectrum = linear_agreement(h_a, h_b)
+    assert spectrum.shape == (d,) and (np.diff(spectrum) >= 0).all()
+    # the mean over directions has a standard error of order d / (N/2) well under 0.01
+    assert spectrum.mean() == pytest.approx((10 / 11) ** 2, abs=0.01)
+    assert spectrum[0] > 0.75 and spectrum[-1] < 0.9
+    folded = z.copy()
+    folded[:, 2] = z[:, 2] * np.sign(z[:, 0])
+    for spectrum in (linear_agreement(z @ a, folded @ b), linear_agreement(folded @ b, z @ a)):
+        assert abs(spectrum[0]) < 0.02 and spectrum[1] > 0.999
+    wider = np.c_[h_a @ rng.normal(size=(d, d)) + 3.0, h_a[:, :2]]  # 12 outputs, rank 10
+    assert linear_agreement(h_a, wider)[-10:] == pytest.approx(np.ones(10), abs=1e-9)
+    assert linear_agreement(wider, h_a) == pytest.approx(np.ones(d), abs=1e-9)
+    with pytest.raises(ValueError, match="same number of samples"):
+        linear_agreement(h_a, h_b[:10])
+    with pytest.raises(ValueError, match="at least 4"):
+        linear_agreement(h_a[:3], h_b[:3])
+
+
 def test_r2_by_bins_splits_the_held_out_error_of_one_fit() -> None:
     """Noise that grows with a covariate shows in the late bins only; the bins' errors add up to
     the overall one (sample-weighted), and a single bin is :func:`r2_per_dim` itself."""

@@ -467,6 +467,28 @@ def test_train_on_images_writes_the_run_directory_and_resumes_exactly(
     assert all(math.isfinite(float(c)) for c in mlp[0].split("|")[4:15])
     assert main(["threedident", "probe", str(run), "--mlp", "3"]) == 2
     assert main(["threedident", "probe", str(tmp_path / "nothing")]) == 2
+    # label-free agreement: the resumed run's encoder is the straight run's (every direction read
+    # at R² 1); one run alone, or runs tested on different folders without --data, are refused
+    # in one line
+    agree = tmp_path / "agree.md"
+    part = tmp_path / "part"
+    assert main(["threedident", "agree", str(run), str(part), "--out", str(agree)]) == 0
+    lines = agree.read_text().splitlines()
+    assert lines[0].startswith("Label-free agreement on 96 images")
+    pair = [c.strip() for c in lines[4].split("|")[1:-1]]
+    assert pair[:2] == [str(run), str(part)] and [float(c) for c in pair[2:]] == [1.0] * 5
+    assert lines[-2:] == [f"| {run} | {part} | 1.000 |", f"| {part} | {run} | 1.000 |"]
+    assert main(["threedident", "agree", str(run)]) == 2
+    assert "need at least two runs" in capsys.readouterr().err
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    saved = yaml.safe_load((moved / "config.yaml").read_text())
+    saved["data"]["test_dir"] = str(toy["train"])
+    (moved / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert main(["threedident", "agree", str(run), str(moved)]) == 2
+    assert "data.test_dir:" in capsys.readouterr().err
+    assert main(["threedident", "agree", str(run), str(moved), "--data", test_dir]) == 0
+    assert main(["threedident", "agree", str(run), str(tmp_path / "nothing")]) == 2
 
     # The run directory as a fitted estimator: the dataset's uint8 [N, S, S, 3] images in, the codes
     # the run scored out (its final R² again).

@@ -379,7 +379,7 @@ def _cmd_kitti(args: argparse.Namespace) -> int:
 
 def _add_threedident(sub: argparse._SubParsersAction) -> None:
     """The ``threedident`` command group (``render``, ``table``, ``grid``, ``curves``, ``gimbal``,
-    ``folds``, ``probe``, ``objective``)."""
+    ``folds``, ``agree``, ``probe``, ``objective``)."""
     p = sub.add_parser(
         "threedident",
         help="3DIdent data: render the teapot dataset, tabulate runs",
@@ -502,6 +502,32 @@ def _add_threedident(sub: argparse._SubParsersAction) -> None:
             "'rotations', 'all' or comma-separated names (rot_alpha,rot_gamma)"
         ),
     )
+    ag = group.add_parser(
+        "agree",
+        help="label-free: how well an affine map takes one run's code to another's",
+        description=(
+            "Encode the same held-out images with every 3DIdent run (finished or paused) and, for "
+            "each pair, print the held-out R² of an affine fit from one code to each whitened "
+            "direction of the other, both ways (worst and mean). Runs that each invert the "
+            "generator up to an affine map agree on every direction; a run holding a factor "
+            "folded leaves one direction near 0. No latent is read: the check works without "
+            "ground truth. Compare runs trained from independent starts (runs sharing first "
+            "weights share their folds)."
+        ),
+        epilog=(
+            "examples:\n  clinvert threedident agree runs/seed0 runs/seed1 runs/seed2\n"
+            "  clinvert threedident agree runs/a runs/b --data data/s3/test64 --samples 2000\n"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ag.add_argument("runs", nargs="+", metavar="RUN", help="3DIdent run directories (two or more)")
+    ag.add_argument(
+        "--samples", type=int, help="images encoded (default: the runs' smallest eval.samples)"
+    )
+    ag.add_argument(
+        "--data", metavar="DIR", help="encode this dataset instead of the runs' common test set"
+    )
+    ag.add_argument("--out", help="write the table to this file (default: print it)")
     pb = group.add_parser(
         "probe",
         help="affine and kNN R² per factor of a run's encoder on its training and held-out images",
@@ -821,6 +847,13 @@ def _cmd_threedident(args: argparse.Namespace) -> int:
             args.threedident_command
         ]
         _print_or_write(make(args.runs), args.out, args.threedident_command)
+        return 0
+
+    if args.threedident_command == "agree":
+        from clinvert.data.threedident.agreement import agreement_table
+
+        table = agreement_table(args.runs, args.samples, args.data)
+        _print_or_write(table, args.out, "agree")
         return 0
 
     if args.threedident_command == "probe":

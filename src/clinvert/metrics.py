@@ -11,6 +11,10 @@
   or more dimensions it reads smooth factors that kNN's wide neighbourhoods miss.
 * :func:`fold_r2` -- a diagnostic for codes that hold a factor linearly on each side of another
   factor's middle but flipped between them (a fold): the R^2 of ``z_j * sign(z_k)``.
+* :func:`linear_agreement` -- needs no latents: how well an affine map takes one code to another
+  (two runs' encoders on the same observations). Codes that each hold the latents affinely are
+  affine images of one another; a code that holds one factor folded (or not at all) leaves a
+  direction of the other that no affine map reaches, and the worst direction's R^2 shows it.
 * :func:`alignment` -- how axis-aligned a code is, whatever its width: 1 when every dimension of h
   that carries latent information depends on one latent alone, lower for mixtures (a rotation).
 * :func:`random_code_scores` -- the scores the protocol gives codes that hold the latents linearly
@@ -26,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from scipy.linalg import eigh
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 from sklearn.linear_model import LinearRegression
@@ -186,6 +191,37 @@ def fold_r2(z: ArrayLike, h: ArrayLike, seed: int = 0) -> np.ndarray:
     targets = (centred[:, :, None] * side[:, None, :]).reshape(len(z_), n * n)  # [N, j * n + k]
     targets[:, np.arange(n) * (n + 1)] = np.abs(centred)  # the diagonal: |z_j - m_j|
     return r2_per_dim(targets, h_, seed).reshape(n, n)
+
+
+def linear_agreement(h_a: ArrayLike, h_b: ArrayLike, seed: int = 0) -> np.ndarray:
+    """Held-out R^2 of an affine fit from code h_a to each whitened direction of code h_b, sorted
+    ascending, shape [width of h_b].
+
+    Fit ``h_b ~ A h_a + c`` on one of :func:`r2_per_dim`'s random halves; on the other, the
+    generalised eigenvalues of (residual covariance, covariance of h_b) are the unexplained
+    fractions of h_b's directions, from the worst-read direction to the best. Invariant to any
+    invertible affine map of either code, so two runs that each invert the generator up to an
+    affine map agree on every direction (1 minus their noise), while a code holding a factor
+    folded, e.g. ``z_j * sign(z_k)`` where the other holds ``z_j``, leaves one direction at about 0
+    (its best affine prediction from the other code is 0). Needs no true latents: the check of
+    linear identifiability across seeds (Roeder et al. 2021) or against a reference encoder.
+    Directions of h_b with (almost) no variance are kept out by a ridge of 1e-9 of its variance.
+    """
+    a_, b_ = _as_numpy(h_a, "h_a"), _as_numpy(h_b, "h_b")
+    if a_.shape[0] != b_.shape[0]:
+        raise ValueError(
+            f"h_a and h_b need the same number of samples, got {a_.shape[0]} and {b_.shape[0]}"
+        )
+    if a_.shape[0] < 4:
+        raise ValueError(f"need at least 4 samples, got {a_.shape[0]}")
+    fit, test = _halves(a_.shape[0], seed)
+    model = LinearRegression().fit(a_[fit], b_[fit])
+    residual = b_[test] - model.predict(a_[test])
+    cov_b = np.atleast_2d(np.cov(b_[test], rowvar=False))
+    cov_r = np.atleast_2d(np.cov(residual, rowvar=False))
+    ridge = 1e-9 * max(float(np.trace(cov_b)), 1e-300) / len(cov_b)
+    unexplained = eigh(cov_r, cov_b + ridge * np.eye(len(cov_b)), eigvals_only=True)
+    return np.sort(1.0 - unexplained)
 
 
 def r2(z: ArrayLike, h: ArrayLike, seed: int = 0) -> float:

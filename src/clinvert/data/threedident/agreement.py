@@ -1,0 +1,108 @@
+"""Do two 3DIdent runs' encoders agree up to an affine map? A check that needs no true latents.
+
+``clinvert threedident agree RUN RUN [RUN ...]`` encodes the same held-out images with every run
+and scores each pair by :func:`clinvert.metrics.linear_agreement`: the held-out R² of an affine fit
+from one code to each whitened direction of the other. If both runs inverted the generator up to an
+affine map (the theory's claim for the box / Normal / L2 setting), each code is an affine image of
+the other and every direction is read (up to both codes' noise); if one holds a factor folded, e.g.
+``γ × sign(α)`` where the other holds ``γ``, one direction stays near 0 in both fits, whatever
+affine map is tried. The pair's *agreement* is the worse of its two worst directions.
+
+The latents are never read, so the check works on a user's own data; what it cannot tell is which
+of two disagreeing runs is the folded one, nor catch two runs folded the same way. Runs that share
+their first weights (a phase started from the same ``train.init_from``) share its folds too: compare
+runs trained from independent starts. With three or more independent runs, a run that agrees with
+none of the others is the one to distrust.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+from clinvert.config import ConfigError
+from clinvert.data.threedident.probe import _check_samples, _RunCodes
+
+
+def _same_images(codes: list[_RunCodes], data: str | None) -> str:
+    """The folder every run encodes: ``data`` if given, else their common ``data.test_dir``."""
+    if data is not None:
+        return data
+    first = codes[0]
+    for other in codes[1:]:
+        if Path(other.cfg.data.test_dir).resolve() != Path(first.cfg.data.test_dir).resolve():
+            raise ConfigError(
+                f"data.test_dir: {other.run} is tested on {other.cfg.data.test_dir}, {first.run} "
+                f"on {first.cfg.data.test_dir}; pass --data DIR to encode the same images"
+            )
+    return first.cfg.data.test_dir
+
+
+def agreement_rows(
+    runs: list[str | Path], samples: int | None = None, data: str | None = None
+) -> list[dict[str, object]]:
+    """One row per pair of runs: their worst-direction and mean R² both ways, and the agreement.
+
+    Every run encodes the first ``samples`` images (default: the smallest ``eval.samples`` of the
+    runs) of ``data`` (default: the runs' common ``data.test_dir``).
+
+    Raises:
+        ConfigError: one line for fewer than two runs, a directory that is not a 3DIdent run with a
+            checkpoint, runs tested on different folders without ``--data``, or too few samples.
+    """
+    if len(runs) < 2:
+        raise ConfigError(f"runs: need at least two runs to compare, got {len(runs)}")
+    codes = [_RunCodes(run) for run in runs]
+    folder = _same_images(codes, data)
+    count = _check_samples(min(c.cfg.eval.samples for c in codes) if samples is None else samples)
+    field = "--data" if data is not None else "data.test_dir"
+    h = [c.codes(field, folder, count)[1] for c in codes]
+    if len({len(x) for x in h}) != 1:  # pragma: no cover - one folder gives one count
+        raise ConfigError(f"{field}: the runs encoded different numbers of images from {folder}")
+    from clinvert.metrics import linear_agreement
+
+    rows = []
+    for i, j in combinations(range(len(codes)), 2):
+        ab, ba = linear_agreement(h[i], h[j]), linear_agreement(h[j], h[i])
+        rows.append(
+            {
+                "a": str(codes[i].run),
+                "b": str(codes[j].run),
+                "images": len(h[i]),
+                "worst_ab": float(ab[0]),
+                "worst_ba": float(ba[0]),
+                "mean_ab": float(np.mean(ab)),
+                "mean_ba": float(np.mean(ba)),
+                "agreement": float(min(ab[0], ba[0])),
+            }
+        )
+    return rows
+
+
+def agreement_table(
+    runs: list[str | Path], samples: int | None = None, data: str | None = None
+) -> str:
+    """Markdown: :func:`agreement_rows` as a table, then each run's best partner."""
+    rows = agreement_rows(runs, samples, data)
+    lines = [
+        f"Label-free agreement on {rows[0]['images']} images: held-out R² of an affine fit from "
+        "one run's code to each whitened direction of the other's (worst and mean over "
+        "directions); agreement = the worse of the two worst.",
+        "",
+        "| run a | run b | worst a→b | worst b→a | mean a→b | mean b→a | agreement |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['a']} | {r['b']} | {r['worst_ab']:.3f} | {r['worst_ba']:.3f} | "
+            f"{r['mean_ab']:.3f} | {r['mean_ba']:.3f} | {r['agreement']:.3f} |"
+        )
+    names = list(dict.fromkeys([r["a"] for r in rows] + [r["b"] for r in rows]))
+    lines += ["", "| run | best partner | agreement |", "|---|---|---|"]
+    for name in names:
+        best = max((r for r in rows if name in (r["a"], r["b"])), key=lambda r: r["agreement"])
+        partner = best["b"] if best["a"] == name else best["a"]
+        lines.append(f"| {name} | {partner} | {best['agreement']:.3f} |")
+    return "\n".join(lines) + "\n"
