@@ -51,11 +51,14 @@ def _as_numpy(x: ArrayLike, name: str) -> np.ndarray:
     return arr
 
 
-def _pair(z: ArrayLike, h: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    z_, h_ = _as_numpy(z, "z"), _as_numpy(h, "h")
+def _pair(
+    z: ArrayLike, h: ArrayLike, names: tuple[str, str] = ("z", "h")
+) -> tuple[np.ndarray, np.ndarray]:
+    z_, h_ = _as_numpy(z, names[0]), _as_numpy(h, names[1])
     if z_.shape[0] != h_.shape[0]:
         raise ValueError(
-            f"z and h need the same number of samples, got {z_.shape[0]} and {h_.shape[0]}"
+            f"{names[0]} and {names[1]} need the same number of samples, "
+            f"got {z_.shape[0]} and {h_.shape[0]}"
         )
     if z_.shape[0] < 4:
         raise ValueError(f"need at least 4 samples, got {z_.shape[0]}")
@@ -207,13 +210,7 @@ def linear_agreement(h_a: ArrayLike, h_b: ArrayLike, seed: int = 0) -> np.ndarra
     linear identifiability across seeds (Roeder et al. 2021) or against a reference encoder.
     Directions of h_b with (almost) no variance are kept out by a ridge of 1e-9 of its variance.
     """
-    a_, b_ = _as_numpy(h_a, "h_a"), _as_numpy(h_b, "h_b")
-    if a_.shape[0] != b_.shape[0]:
-        raise ValueError(
-            f"h_a and h_b need the same number of samples, got {a_.shape[0]} and {b_.shape[0]}"
-        )
-    if a_.shape[0] < 4:
-        raise ValueError(f"need at least 4 samples, got {a_.shape[0]}")
+    a_, b_ = _pair(h_a, h_b, ("h_a", "h_b"))
     fit, test = _halves(a_.shape[0], seed)
     model = LinearRegression().fit(a_[fit], b_[fit])
     residual = b_[test] - model.predict(a_[test])
