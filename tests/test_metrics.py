@@ -220,6 +220,12 @@ def test_linear_agreement_reads_affine_images_folds_and_noise_as_the_math_says()
     folded[:, 2] = z[:, 2] * np.sign(z[:, 0])
     for spectrum in (linear_agreement(z @ a, folded @ b), linear_agreement(folded @ b, z @ a)):
         assert abs(spectrum[0]) < 0.02 and spectrum[1] > 0.999
+    # the worst direction of the folded code is its fold: the projection is ±z_2 * sign(z_0)
+    _, directions = linear_agreement(z @ a, folded @ b, return_directions=True)
+    worst = (folded @ b - (folded @ b).mean(0)) @ directions[:, 0]
+    assert (
+        abs(np.corrcoef(worst, folded[:, 2])[0, 1]) > 0.99
+    )  # up to the eigenvector's sampling error
     wider = np.c_[h_a @ rng.normal(size=(d, d)) + 3.0, h_a[:, :2]]  # 12 outputs, rank 10
     assert linear_agreement(h_a, wider)[-10:] == pytest.approx(np.ones(10), abs=1e-9)
     assert linear_agreement(wider, h_a) == pytest.approx(np.ones(d), abs=1e-9)

@@ -476,7 +476,8 @@ def test_train_on_images_writes_the_run_directory_and_resumes_exactly(
     lines = agree.read_text().splitlines()
     assert lines[0].startswith("Label-free agreement on 96 images")
     pair = [c.strip() for c in lines[4].split("|")[1:-1]]
-    assert pair[:2] == [str(run), str(part)] and [float(c) for c in pair[2:]] == [1.0] * 5
+    assert pair[:2] == [str(run), str(part)] and pair[6] == "0 / 0"
+    assert [float(c) for c in pair[2:6] + pair[7:]] == [1.0] * 5
     assert lines[-2:] == [f"| {run} | {part} | 1.000 |", f"| {part} | {run} | 1.000 |"]
     assert main(["threedident", "agree", str(run)]) == 2
     assert "need at least two runs" in capsys.readouterr().err

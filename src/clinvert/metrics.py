@@ -196,7 +196,9 @@ def fold_r2(z: ArrayLike, h: ArrayLike, seed: int = 0) -> np.ndarray:
     return r2_per_dim(targets, h_, seed).reshape(n, n)
 
 
-def linear_agreement(h_a: ArrayLike, h_b: ArrayLike, seed: int = 0) -> np.ndarray:
+def linear_agreement(
+    h_a: ArrayLike, h_b: ArrayLike, seed: int = 0, *, return_directions: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Held-out R^2 of an affine fit from code h_a to each whitened direction of code h_b, sorted
     ascending, shape [width of h_b].
 
@@ -209,6 +211,10 @@ def linear_agreement(h_a: ArrayLike, h_b: ArrayLike, seed: int = 0) -> np.ndarra
     (its best affine prediction from the other code is 0). Needs no true latents: the check of
     linear identifiability across seeds (Roeder et al. 2021) or against a reference encoder.
     Directions of h_b with (almost) no variance are kept out by a ridge of 1e-9 of its variance.
+
+    With ``return_directions`` also the directions themselves, ``W`` [width of h_b, width of h_b]
+    in the same order: column i projects a centred h_b onto direction i (unit variance on the
+    scored half), so ``(h_b - h_b.mean(0)) @ W[:, 0]`` is the part of h_b the other code reads worst.
     """
     a_, b_ = _pair(h_a, h_b, ("h_a", "h_b"))
     fit, test = _halves(a_.shape[0], seed)
@@ -217,8 +223,11 @@ def linear_agreement(h_a: ArrayLike, h_b: ArrayLike, seed: int = 0) -> np.ndarra
     cov_b = np.atleast_2d(np.cov(b_[test], rowvar=False))
     cov_r = np.atleast_2d(np.cov(residual, rowvar=False))
     ridge = 1e-9 * max(float(np.trace(cov_b)), 1e-300) / len(cov_b)
-    unexplained = eigh(cov_r, cov_b + ridge * np.eye(len(cov_b)), eigvals_only=True)
-    return np.sort(1.0 - unexplained)
+    unexplained, directions = eigh(cov_r, cov_b + ridge * np.eye(len(cov_b)))
+    order = np.argsort(1.0 - unexplained)
+    if return_directions:
+        return 1.0 - unexplained[order], directions[:, order]
+    return 1.0 - unexplained[order]
 
 
 def r2(z: ArrayLike, h: ArrayLike, seed: int = 0) -> float:

@@ -25,6 +25,10 @@ import numpy as np
 from clinvert.config import ConfigError
 from clinvert.data.threedident.probe import _check_samples, _RunCodes
 
+#: A direction read below this R² counts as one the two codes do not share (each such direction is
+#: about one factor that one run holds and the other does not, or holds folded).
+APART = 0.5
+
 
 def _same_images(codes: list[_RunCodes], data: str | None) -> str:
     """The folder every run encodes: ``data`` if given, else their common ``data.test_dir``."""
@@ -75,6 +79,8 @@ def agreement_rows(
                 "worst_ba": float(ba[0]),
                 "mean_ab": float(np.mean(ab)),
                 "mean_ba": float(np.mean(ba)),
+                "apart_ab": int((ab < APART).sum()),
+                "apart_ba": int((ba < APART).sum()),
                 "agreement": float(min(ab[0], ba[0])),
             }
         )
@@ -89,15 +95,18 @@ def agreement_table(
     lines = [
         f"Label-free agreement on {rows[0]['images']} images: held-out R² of an affine fit from "
         "one run's code to each whitened direction of the other's (worst and mean over "
-        "directions); agreement = the worse of the two worst.",
+        f"directions; apart: directions read below {APART:g}); agreement = the worse of the two "
+        "worst.",
         "",
-        "| run a | run b | worst a→b | worst b→a | mean a→b | mean b→a | agreement |",
-        "|---|---|---|---|---|---|---|",
+        "| run a | run b | worst a→b | worst b→a | mean a→b | mean b→a | apart a→b / b→a "
+        "| agreement |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['a']} | {r['b']} | {r['worst_ab']:.3f} | {r['worst_ba']:.3f} | "
-            f"{r['mean_ab']:.3f} | {r['mean_ba']:.3f} | {r['agreement']:.3f} |"
+            f"{r['mean_ab']:.3f} | {r['mean_ba']:.3f} | {r['apart_ab']} / {r['apart_ba']} | "
+            f"{r['agreement']:.3f} |"
         )
     names = list(dict.fromkeys([r["a"] for r in rows] + [r["b"] for r in rows]))
     lines += ["", "| run | best partner | agreement |", "|---|---|---|"]
