@@ -477,7 +477,10 @@ def test_train_on_images_writes_the_run_directory_and_resumes_exactly(
     assert lines[0].startswith("Label-free agreement on 96 images")
     pair = [c.strip() for c in lines[4].split("|")[1:-1]]
     assert pair[:2] == [str(run), str(part)] and pair[6] == "0 / 0"
-    assert [float(c) for c in pair[2:6] + pair[7:]] == [1.0] * 5
+    assert [float(c) for c in pair[2:6] + pair[7:8]] == [1.0] * 5 and pair[8] == "—"
+    # a run started from another's weights shares its start (and its folds): the table says so
+    assert main(["threedident", "agree", str(run), str(warm), "--out", str(agree)]) == 0
+    assert agree.read_text().splitlines()[4].endswith("| 1.000 | full |")
     assert lines[-2:] == [f"| {run} | {part} | 1.000 |", f"| {part} | {run} | 1.000 |"]
     assert main(["threedident", "agree", str(run)]) == 2
     assert "need at least two runs" in capsys.readouterr().err

@@ -11,8 +11,10 @@ affine map is tried. The pair's *agreement* is the worse of its two worst direct
 The latents are never read, so the check works on a user's own data; what it cannot tell is which
 of two disagreeing runs is the folded one, nor catch two runs folded the same way. Runs that share
 their first weights (a phase started from the same ``train.init_from``) share its folds too: compare
-runs trained from independent starts. With three or more independent runs, a run that agrees with
-none of the others is the one to distrust.
+runs trained from independent starts (the table's ``shared start`` column names any start two runs
+share). A factor one run holds and the other lacks leaves a direction apart too, so two runs agree
+only once both hold every factor they are compared on. With three or more independent runs, a run
+that agrees with none of the others is the one to distrust.
 """
 
 from __future__ import annotations
@@ -44,13 +46,34 @@ def _same_images(codes: list[_RunCodes], data: str | None) -> str:
     return first.cfg.data.test_dir
 
 
+def _lineage(run: Path, init_from: str | None) -> set[Path]:
+    """The run directory and every run its weights descend from through ``train.init_from``."""
+    from clinvert.config import read_run_config
+
+    seen = {run.resolve()}
+    while init_from is not None:
+        start = Path(init_from)
+        start = (start if start.is_dir() else start.parent).resolve()
+        if start in seen:
+            break
+        seen.add(start)
+        try:
+            init_from = read_run_config(start).get("train", {}).get("init_from")
+        except (ConfigError, OSError, AttributeError):
+            break  # a start without a readable config ends the chain
+    return seen
+
+
 def agreement_rows(
     runs: list[str | Path], samples: int | None = None, data: str | None = None
 ) -> list[dict[str, object]]:
     """One row per pair of runs: their worst-direction and mean R² both ways, and the agreement.
 
-    Every run encodes the first ``samples`` images (default: the smallest ``eval.samples`` of the
-    runs) of ``data`` (default: the runs' common ``data.test_dir``).
+    ``shared_start`` names the runs both descend from through ``train.init_from`` (or one of the
+    two, if the other started from it): such a pair shares that start's folds, so its agreement
+    does not vouch for either. Every run encodes the first ``samples`` images (default: the
+    smallest ``eval.samples`` of the runs) of ``data`` (default: the runs' common
+    ``data.test_dir``).
 
     Raises:
         ConfigError: one line for fewer than two runs, a directory that is not a 3DIdent run with a
@@ -67,9 +90,11 @@ def agreement_rows(
         raise ConfigError(f"{field}: the runs encoded different numbers of images from {folder}")
     from clinvert.metrics import linear_agreement
 
+    lineages = [_lineage(c.run, c.cfg.train.init_from) for c in codes]
     rows = []
     for i, j in combinations(range(len(codes)), 2):
         ab, ba = linear_agreement(h[i], h[j]), linear_agreement(h[j], h[i])
+        shared = sorted(p.name for p in lineages[i] & lineages[j])
         rows.append(
             {
                 "a": str(codes[i].run),
@@ -82,6 +107,7 @@ def agreement_rows(
                 "apart_ab": int((ab < APART).sum()),
                 "apart_ba": int((ba < APART).sum()),
                 "agreement": float(min(ab[0], ba[0])),
+                "shared_start": shared,
             }
         )
     return rows
@@ -99,14 +125,14 @@ def agreement_table(
         "worst.",
         "",
         "| run a | run b | worst a→b | worst b→a | mean a→b | mean b→a | apart a→b / b→a "
-        "| agreement |",
-        "|---|---|---|---|---|---|---|---|",
+        "| agreement | shared start |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['a']} | {r['b']} | {r['worst_ab']:.3f} | {r['worst_ba']:.3f} | "
             f"{r['mean_ab']:.3f} | {r['mean_ba']:.3f} | {r['apart_ab']} / {r['apart_ba']} | "
-            f"{r['agreement']:.3f} |"
+            f"{r['agreement']:.3f} | {', '.join(r['shared_start']) or '—'} |"
         )
     names = list(dict.fromkeys([r["a"] for r in rows] + [r["b"] for r in rows]))
     lines += ["", "| run | best partner | agreement |", "|---|---|---|"]
