@@ -51,7 +51,9 @@ def main() -> None:
         cfg = validate_config(read_run_config(run))
         data, h = encode_dataset(run, cfg, cfg.data.test_dir, cfg.eval.samples)
         codes[run] = (np.asarray(data.latents[: len(h)], dtype=np.float64), h)
-    print("| code of | read from | direction | agreement R² | affine R² from z | best target | r² |")
+    print(
+        "| code of | read from | direction | agreement R² | affine R² from z | best target | r² |"
+    )
     print("|---|---|---|---|---|---|---|")
     for a, b in permutations(args.runs, 2):
         z, h_b = codes[b]
