@@ -24,15 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from clinvert.config import ConfigError
-from clinvert.data.threedident.probe import _check_samples, _RunCodes
+from clinvert.config import ConfigError, read_run_config
+from clinvert.data.threedident.probe import RunCodes, check_samples
 
 #: A direction read below this R² counts as one the two codes do not share (each such direction is
 #: about one factor that one run holds and the other does not, or holds folded).
 APART = 0.5
 
 
-def _same_images(codes: list[_RunCodes], data: str | None) -> str:
+def _same_images(codes: list[RunCodes], data: str | None) -> str:
     """The folder every run encodes: ``data`` if given, else their common ``data.test_dir``."""
     if data is not None:
         return data
@@ -48,8 +48,6 @@ def _same_images(codes: list[_RunCodes], data: str | None) -> str:
 
 def _lineage(run: Path, init_from: str | None) -> set[Path]:
     """The run directory and every run its weights descend from through ``train.init_from``."""
-    from clinvert.config import read_run_config
-
     seen = {run.resolve()}
     while init_from is not None:
         start = Path(init_from)
@@ -81,9 +79,9 @@ def agreement_rows(
     """
     if len(runs) < 2:
         raise ConfigError(f"runs: need at least two runs to compare, got {len(runs)}")
-    codes = [_RunCodes(run) for run in runs]
+    codes = [RunCodes(run) for run in runs]
     folder = _same_images(codes, data)
-    count = _check_samples(min(c.cfg.eval.samples for c in codes) if samples is None else samples)
+    count = check_samples(min(c.cfg.eval.samples for c in codes) if samples is None else samples)
     field = "--data" if data is not None else "data.test_dir"
     h = [c.codes(field, folder, count)[1] for c in codes]
     if len({len(x) for x in h}) != 1:  # pragma: no cover - one folder gives one count

@@ -54,7 +54,8 @@ def _threedident_run(run: Path) -> Any:
     return cfg
 
 
-def _check_samples(samples: int) -> int:
+def check_samples(samples: int) -> int:
+    """``samples`` if it is at least 4 (images per scored set), else a one-line ConfigError."""
     if samples < 4:
         raise ConfigError(f"samples: need at least 4 images per split, got {samples}")
     return samples
@@ -66,9 +67,10 @@ def _check_fit_images(fit_images: int) -> int:
     return fit_images
 
 
-class _RunCodes:
+class RunCodes:
     """One run's config and encoder, and its codes of each dataset it was asked for (encoded once:
-    the affine / kNN table and the MLP table share the held-out images' codes)."""
+    the affine / kNN table and the MLP table share the held-out images' codes; ``agree`` reads
+    several runs' codes of one dataset)."""
 
     def __init__(self, run: str | Path) -> None:
         from clinvert.estimator import load
@@ -80,7 +82,7 @@ class _RunCodes:
 
     def count(self, samples: int | None) -> int:
         """Images scored per split: ``samples``, or the run's ``eval.samples``; at least 4."""
-        return _check_samples(self.cfg.eval.samples if samples is None else samples)
+        return check_samples(self.cfg.eval.samples if samples is None else samples)
 
     def splits(self, data_dirs: list[str] | None, train: bool) -> list[tuple[str, str, str]]:
         """(split, field that named it, folder) to score: ``data_dirs`` as ``other`` if given,
@@ -129,11 +131,11 @@ def probe_rows(
         ConfigError: one line for a directory that is not a 3DIdent run with a checkpoint, a bad
             ``samples``, or a dataset that cannot be read.
     """
-    return _probe_rows(_RunCodes(run), samples, data_dirs)
+    return _probe_rows(RunCodes(run), samples, data_dirs)
 
 
 def _probe_rows(
-    coded: _RunCodes, samples: int | None, data_dirs: list[str] | None
+    coded: RunCodes, samples: int | None, data_dirs: list[str] | None
 ) -> list[dict[str, Any]]:
     from clinvert.metrics import factor_scores
 
@@ -169,11 +171,11 @@ def mlp_rows(
         ConfigError: one line for a bad run directory, ``fit_images`` < 4, or an unreadable dataset.
     """
     _check_fit_images(fit_images)
-    return _mlp_rows(_RunCodes(run), fit_images, samples, data_dirs)
+    return _mlp_rows(RunCodes(run), fit_images, samples, data_dirs)
 
 
 def _mlp_rows(
-    coded: _RunCodes, fit_images: int, samples: int | None, data_dirs: list[str] | None
+    coded: RunCodes, fit_images: int, samples: int | None, data_dirs: list[str] | None
 ) -> list[dict[str, Any]]:
     from clinvert.metrics import columns_per_factor, embed_latents, mlp_r2_per_dim
 
@@ -221,7 +223,7 @@ def probe_table(
     if mlp is not None:  # both refused before any encoding
         _check_fit_images(mlp)
     if samples is not None:
-        _check_samples(samples)
+        check_samples(samples)
     head = " | ".join(FACTORS)
     lines = [
         "R² per factor as `affine / kNN` (held-out halves of the scored images), on images the "
@@ -231,7 +233,7 @@ def probe_table(
         f"| run | split | images | mean affine | mean kNN | {head} |",
         "|" + "---|" * (5 + len(FACTORS)),
     ]
-    coded = [_RunCodes(run) for run in runs]
+    coded = [RunCodes(run) for run in runs]
     for run in coded:
         for row in _probe_rows(run, samples, data_dirs):
             lin, knn = row["linear"], row["knn"]
