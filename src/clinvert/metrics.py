@@ -188,12 +188,20 @@ def fold_r2(z: ArrayLike, h: ArrayLike, seed: int = 0) -> np.ndarray:
     entry names the fold that an affine R^2 below 1 hides. Same random halves as :func:`r2_per_dim`.
     """
     z_, h_ = _pair(z, h)
+    n = z_.shape[1]
+    return r2_per_dim(fold_targets(z_), h_, seed).reshape(n, n)
+
+
+def fold_targets(z: ArrayLike) -> np.ndarray:
+    """The folded latents :func:`fold_r2` scores, shape [N, n * n]: column ``j * n + k`` is
+    ``(z_j - m_j) * sign(z_k - m_k)`` (``m`` the medians), column ``j * n + j`` is ``|z_j - m_j|``."""
+    z_ = _as_numpy(z, "z")
     centred = z_ - np.median(z_, axis=0)
     side = np.where(centred >= 0, 1.0, -1.0)
     n = z_.shape[1]
     targets = (centred[:, :, None] * side[:, None, :]).reshape(len(z_), n * n)  # [N, j * n + k]
     targets[:, np.arange(n) * (n + 1)] = np.abs(centred)  # the diagonal: |z_j - m_j|
-    return r2_per_dim(targets, h_, seed).reshape(n, n)
+    return targets
 
 
 def linear_agreement(
@@ -224,10 +232,9 @@ def linear_agreement(
     cov_r = np.atleast_2d(np.cov(residual, rowvar=False))
     ridge = 1e-9 * max(float(np.trace(cov_b)), 1e-300) / len(cov_b)
     unexplained, directions = eigh(cov_r, cov_b + ridge * np.eye(len(cov_b)))
-    order = np.argsort(1.0 - unexplained)
-    if return_directions:
-        return 1.0 - unexplained[order], directions[:, order]
-    return 1.0 - unexplained[order]
+    read = 1.0 - unexplained
+    order = np.argsort(read)
+    return (read[order], directions[:, order]) if return_directions else read[order]
 
 
 def r2(z: ArrayLike, h: ArrayLike, seed: int = 0) -> float:

@@ -22,22 +22,18 @@ import numpy as np
 from clinvert.config import read_run_config, validate_config
 from clinvert.data.threedident.factors import FACTORS
 from clinvert.data.threedident.probe import encode_dataset
-from clinvert.metrics import linear_agreement, r2_per_dim
+from clinvert.metrics import fold_targets, linear_agreement, r2_per_dim
 
 
 def targets(z: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """The latents, each latent folded at every other's median, and each latent's magnitude."""
-    centred = z - np.median(z, axis=0)
-    side = np.where(centred >= 0, 1.0, -1.0)
-    columns, names = [centred], list(FACTORS)
-    for j, name in enumerate(FACTORS):
-        columns.append(np.abs(centred[:, j : j + 1]))
-        names.append(f"abs({name})")
-        for k, other in enumerate(FACTORS):
-            if k != j:
-                columns.append(centred[:, j : j + 1] * side[:, k : k + 1])
-                names.append(f"{name} × sign({other})")
-    return np.concatenate(columns, axis=1), names
+    """The latents (centred at their medians) and their folds as :func:`fold_targets` makes them,
+    with names: ``|z_j|`` on the diagonal, ``z_j × sign(z_k)`` off it."""
+    names = [
+        f"abs({name})" if j == k else f"{name} × sign({other})"
+        for j, name in enumerate(FACTORS)
+        for k, other in enumerate(FACTORS)
+    ]
+    return np.c_[z - np.median(z, axis=0), fold_targets(z)], [*FACTORS, *names]
 
 
 def main() -> None:
