@@ -103,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
     p.add_argument("--profile", help="merge this profile of the config first (e.g. quick)")
+    p.add_argument(
+        "--recipe",
+        metavar="NAME",
+        help=(
+            "train the phases of the config's recipe NAME into OUT/<i>-<phase>, each from the "
+            "weights of the one before; the same command again continues where it stopped"
+        ),
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--nproc",
@@ -625,6 +633,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.nproc is not None and args.nproc < 1:
         raise ConfigError(f"--nproc: must be >= 1, got {args.nproc}")
+    if args.recipe is not None:
+        return _train_recipe(args)
     if distributed.launched():  # one rank of --nproc or torchrun
         distributed.init_from_env(args.nproc)
         try:
@@ -698,6 +708,48 @@ def _train_here(args: argparse.Namespace) -> int:
             nproc = f" --nproc {args.nproc}" if args.nproc and args.nproc > 1 else ""
             print(f"continue with: clinvert train --resume {args.resume or args.out}{nproc}")
     return 0 if result["status"] in ("finished", "stopped") else 1
+
+
+def _train_recipe(args: argparse.Namespace) -> int:
+    """``clinvert train CONFIG --recipe NAME --out DIR``: every phase of the recipe in turn."""
+    from clinvert.recipe import read_recipe_record, run_recipe
+
+    for flag, given in (
+        ("--profile", args.profile),
+        ("--resume", args.resume),
+        ("--stop-at", args.stop_at),
+        ("--steps", args.steps),
+    ):
+        if given is not None:
+            raise ConfigError(
+                f"{flag}: not with --recipe (its phases name their profiles; run the same "
+                "command again to continue)"
+            )
+    if args.nproc is not None and args.nproc > 1:
+        raise ConfigError("--nproc: --recipe trains in one process; train its phases one by one")
+    if not args.config:
+        raise ConfigError("config: --recipe needs the YAML config that defines it")
+    if not args.out:
+        raise ConfigError("--out: a folder for the recipe's phases is required")
+    results = run_recipe(
+        args.config,
+        args.recipe,
+        args.out,
+        args.overrides,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    last = results[-1]
+    print_comparison(last)
+    print(f"\n{'phase':24s}{'status':>10s}{'steps':>8s}{'R2':>8s}{'MCC':>8s}")
+    for phase in read_recipe_record(args.out)["phases"]:
+        steps = phase["steps"] if phase["steps"] is not None else "-"
+        print(
+            f"{phase['phase']:24s}{phase['status']:>10s}{steps:>8}"
+            f"{_cell(phase['r2'])}{_cell(phase['mcc'])}"
+        )
+    print(f"(every phase's run and scores: {Path(args.out) / 'recipe.json'})")
+    return 0 if last["status"] == "finished" else 1
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

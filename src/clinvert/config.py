@@ -668,12 +668,14 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def select_profile(data: dict[str, Any], profile: str | None) -> dict[str, Any]:
-    """Drop the ``profiles`` section of a config, merging in ``profiles[profile]`` when given.
+    """Drop the ``profiles`` (and ``recipes``) sections of a config, merging in
+    ``profiles[profile]`` when given.
 
     A profile holds the same sections as a config (typically ``train`` and ``eval``) and changes
     only how a run is executed: e.g. ``quick`` sizes a paper-scale row for a 2-core machine.
     """
     data = dict(data)
+    data.pop("recipes", None)  # phases of profiles, read by clinvert.recipe
     profiles = data.pop("profiles", None) or {}
     if not isinstance(profiles, dict):
         raise ConfigError(f"profiles: must be a mapping of name -> sections, got {profiles!r}")

@@ -87,7 +87,7 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def _is_stale(out: Path, resolved_yaml: str) -> bool:
+def is_stale(out: Path, resolved_yaml: str) -> bool:
     """Whether the run in ``out`` was made from another config than ``resolved_yaml``.
 
     ``claims`` are left out: they say what a score should reach and never change a run. So are,
@@ -119,7 +119,7 @@ def current_result(spec: RunSpec) -> dict[str, Any] | None:
     a table never shows scores of a setting it no longer describes.
     """
     out = Path(spec.out_dir)
-    if _is_stale(out, spec.resolve().to_yaml()):
+    if is_stale(out, spec.resolve().to_yaml()):
         return None
     return read_result(out)
 
@@ -152,7 +152,7 @@ def execute(spec: RunSpec, steps: Any = None) -> dict[str, Any]:
     configure_process()
     out = Path(spec.out_dir)
     cfg = spec.resolve()
-    if _is_stale(out, cfg.to_yaml()):  # the row's config changed since this run: scores are stale
+    if is_stale(out, cfg.to_yaml()):  # the row's config changed since this run: scores are stale
         print(f"clinvert: {out}: config changed since this run; running it again", flush=True)
         shutil.rmtree(out)
     done = read_result(out)
