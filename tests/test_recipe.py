@@ -207,3 +207,15 @@ def test_the_shipped_3dident_recipe_chains_its_three_phases(tmp_path: Path, toy)
         assert saved["data"]["train_dir"] == str(toy["train"])  # --set beats the phase's own
     first = yaml.safe_load((out / names[0] / "config.yaml").read_text())
     assert first["latent"]["conditional"]["scale"][3:6] == [0.1, 0.1, 0.1]
+
+
+def test_config_prints_every_phase_as_train_would_run_it(tmp_path: Path, capsys) -> None:
+    cfg = _write(tmp_path)
+    out = str(tmp_path / "o")
+    assert main(["config", str(cfg), "--recipe", "two", "--out", out, "--set", "train.seed=4"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["train"]["steps"] for d in docs] == [10, 15]
+    assert [d["train"]["seed"] for d in docs] == [4, 4]
+    assert docs[1]["train"]["init_from"] == str(Path(out) / "1-short")
+    assert main(["config", str(cfg), "--recipe", "two", "--profile", "short"]) == 2
+    assert "--profile: not with --recipe" in capsys.readouterr().err

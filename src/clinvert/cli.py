@@ -255,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", nargs="?", help="YAML run configuration (default: built-in defaults)")
     p.add_argument("--profile", help="merge this profile of the config (e.g. quick)")
+    p.add_argument(
+        "--recipe",
+        metavar="NAME",
+        help="print every phase of the config's recipe NAME, as `train --recipe` would run it",
+    )
+    p.add_argument("--out", default="OUT", help="with --recipe: the folder its phases would use")
     _add_set(p)
     _add_configs(sub)
     _add_threedident(sub)
@@ -771,7 +777,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    print(load_config(args.config, args.overrides, args.profile).to_yaml(), end="")
+    if args.recipe is None:
+        print(load_config(args.config, args.overrides, args.profile).to_yaml(), end="")
+        return 0
+    from clinvert.recipe import plan
+
+    if args.profile is not None:
+        raise ConfigError("--profile: not with --recipe (its phases name their profiles)")
+    if not args.config:
+        raise ConfigError("config: --recipe needs the YAML config that defines it")
+    phases = plan(args.config, args.recipe, args.out, args.overrides, check_data=False)
+    for i, phase in enumerate(phases, start=1):
+        print(f"--- # phase {i}/{len(phases)}: {phase.out}")
+        print(phase.cfg.to_yaml(), end="")
     return 0
 
 

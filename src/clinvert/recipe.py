@@ -95,13 +95,19 @@ def _phase_name(i: int, phase: dict[str, Any]) -> str:
 
 
 def plan(
-    config: str | Path, recipe: str, out: str | Path, overrides: list[str] | None = None
+    config: str | Path,
+    recipe: str,
+    out: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    check_data: bool = True,
 ) -> list[Phase]:
     """Every phase of ``recipe`` with its validated config, before any work starts.
 
     Raises:
-        ConfigError: the recipe or one of its phases is malformed or invalid, or a phase's data
-            folders are missing (named with the phase, so no phase trains for nothing).
+        ConfigError: the recipe or one of its phases is malformed or invalid, or (with
+            ``check_data``) a phase's data folders are missing, named with the phase, so that no
+            phase trains for nothing.
     """
     from clinvert.shipped import resolve_config_path
 
@@ -117,7 +123,8 @@ def plan(
         sets = [*own, *(overrides or []), *chain]
         try:
             cfg = validate_config(apply_overrides(select_profile(base, entry.get("profile")), sets))
-            check_data_dirs(cfg)
+            if check_data:
+                check_data_dirs(cfg)
         except ConfigError as exc:
             raise ConfigError(f"recipe {recipe}, phase {name}: {exc}") from None
         phases.append(Phase(name, entry.get("profile"), own, out / name, cfg))
