@@ -1010,7 +1010,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clinvert: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("clinvert: interrupted; continue with 'clinvert train --resume DIR'", file=sys.stderr)
+        if getattr(args, "recipe", None) is not None and args.command == "train":
+            hint = "run the same command again"
+        else:
+            hint = "'clinvert train --resume DIR'"
+        print(f"clinvert: interrupted; continue with {hint}", file=sys.stderr)
         return 130
 
 
