@@ -84,6 +84,7 @@ def test_an_interrupted_recipe_resumes_and_ends_like_an_uninterrupted_one(
     assert main([*first, "--stop-at", "5", "--quiet"]) == 0
     assert main(["train", str(cfg), "--recipe", "two", "--out", str(out), "--quiet"]) == 0
     assert "resuming from its checkpoint" in capsys.readouterr().out
+    assert [p["status"] for p in read_recipe_record(out)["phases"]] == ["finished"] * 2
     for phase in ("1-short", "2-slow"):
         assert _rows(out / phase) == _rows(full / phase)
         assert _result(out / phase)["final"] == _result(full / phase)["final"]

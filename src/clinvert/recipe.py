@@ -206,17 +206,20 @@ def run_recipe(
                 f"({done.get('error', 'see its result.json')}); use --force to train every phase "
                 "again"
             )
-        elif (
-            not retrained
-            and (phase.out / "checkpoint.pt").exists()
-            and (phase.out / "config.yaml").exists()
-        ):
-            print(f"{head}: resuming from its checkpoint", flush=True)
-            result = train.resume(phase.out, progress=progress)
-            retrained = True
         else:
-            print(f"{head}: training", flush=True)
-            result = train.train(phase.cfg, phase.out, progress=progress, force=True)
+            # a phase stopped on its way (killed) reads "training" in recipe.json
+            record["phases"][i]["status"] = "training"
+            write_json(Path(out) / RECIPE_FILE, record)
+            if (
+                not retrained
+                and (phase.out / "checkpoint.pt").exists()
+                and (phase.out / "config.yaml").exists()
+            ):
+                print(f"{head}: resuming from its checkpoint", flush=True)
+                result = train.resume(phase.out, progress=progress)
+            else:
+                print(f"{head}: training", flush=True)
+                result = train.train(phase.cfg, phase.out, progress=progress, force=True)
             retrained = True
         results.append(result)
         record["phases"][i] = _summary(phase, result)
