@@ -55,12 +55,6 @@ class Phase:
     cfg: RunConfig
 
 
-def recipe_names(data: dict[str, Any]) -> list[str]:
-    """The recipes a config (read as a dictionary) defines."""
-    recipes = data.get("recipes") or {}
-    return sorted(recipes) if isinstance(recipes, dict) else []
-
-
 def _phase_entries(data: dict[str, Any], recipe: str) -> list[dict[str, Any]]:
     """The phase mappings of ``recipes[recipe]``, checked for shape."""
     recipes = data.get("recipes")
