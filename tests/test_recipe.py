@@ -152,6 +152,18 @@ def test_bad_recipes_are_one_line_and_write_nothing(
     assert not out.exists()
 
 
+def test_a_recipe_under_torchrun_is_refused(tmp_path: Path, capsys, monkeypatch) -> None:
+    # every rank of torchrun would train the whole recipe into the same folders
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "out"
+    args = ["train", str(_write(tmp_path)), "--recipe", "two", "--out", str(out), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "WORLD_SIZE: --recipe trains in one process, not under torchrun" in err, err
+    assert "\n" not in err and not out.exists()
+
+
 def test_a_later_phase_without_its_data_is_refused_before_the_first_trains(
     tmp_path: Path, capsys, toy
 ) -> None:

@@ -718,6 +718,7 @@ def _train_here(args: argparse.Namespace) -> int:
 
 def _train_recipe(args: argparse.Namespace) -> int:
     """``clinvert train CONFIG --recipe NAME --out DIR``: every phase of the recipe in turn."""
+    from clinvert import distributed
     from clinvert.recipe import read_recipe_record, run_recipe
 
     for flag, given in (
@@ -733,6 +734,11 @@ def _train_recipe(args: argparse.Namespace) -> int:
             )
     if args.nproc is not None and args.nproc > 1:
         raise ConfigError("--nproc: --recipe trains in one process; train its phases one by one")
+    if distributed.launched():
+        raise ConfigError(
+            "WORLD_SIZE: --recipe trains in one process, not under torchrun; "
+            "train its phases one by one"
+        )
     if not args.config:
         raise ConfigError("config: --recipe needs the YAML config that defines it")
     if not args.out:

@@ -172,6 +172,7 @@ def run_recipe(
     ``out/recipe.json`` is rewritten after every phase with each phase's status and scores.
     """
     from clinvert import train
+    from clinvert.rundir import resumable
     from clinvert.sweep import read_result
 
     phases = plan(config, recipe, out, overrides)
@@ -204,11 +205,7 @@ def run_recipe(
             # a phase stopped on its way (killed) reads "training" in recipe.json
             record["phases"][i]["status"] = "training"
             write_json(Path(out) / RECIPE_FILE, record)
-            if (
-                not retrained
-                and (phase.out / "checkpoint.pt").exists()
-                and (phase.out / "config.yaml").exists()
-            ):
+            if not retrained and resumable(phase.out):
                 print(f"{head}: resuming from its checkpoint", flush=True)
                 result = train.resume(phase.out, progress=progress)
             else:

@@ -38,6 +38,12 @@ if TYPE_CHECKING:
 CHECKPOINT = "checkpoint.pt"
 
 
+def resumable(path: str | Path) -> bool:
+    """Whether the run directory ``path`` holds what ``--resume`` continues from: a checkpoint and
+    the resolved config it was written under (a run killed before its first checkpoint has none)."""
+    return (Path(path) / CHECKPOINT).is_file() and (Path(path) / "config.yaml").is_file()
+
+
 def load_checkpoint(path: str | Path, map_location: Any = "cpu", what: str = "checkpoint") -> dict:
     """A checkpoint (or saved estimator) read safely: tensors, numbers, strings and containers only.
 

@@ -145,6 +145,7 @@ def execute(spec: RunSpec, steps: Any = None) -> dict[str, Any]:
     ``steps``: a mapping the run publishes its step in (key: its ``out_dir``), for progress."""
     import torch
 
+    from clinvert.rundir import resumable
     from clinvert.runtime import configure_process
     from clinvert.train import Trainer
 
@@ -158,9 +159,8 @@ def execute(spec: RunSpec, steps: Any = None) -> dict[str, Any]:
     done = read_result(out)
     if done is not None:
         return done
-    resumable = (out / "checkpoint.pt").exists() and (out / "config.yaml").exists()
     callbacks = [StepReporter(steps, spec.out_dir)] if steps is not None else []
-    return Trainer(cfg, out, progress=False, callbacks=callbacks).run(resume=resumable)
+    return Trainer(cfg, out, progress=False, callbacks=callbacks).run(resume=resumable(out))
 
 
 def expected_cost(spec: RunSpec) -> int:
