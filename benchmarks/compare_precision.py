@@ -5,7 +5,7 @@ stay float32 either way; see ``train.precision``), and writes them to a JSON fil
 ``make bench``.
 
     python benchmarks/compare_precision.py OUT.json [--preset fast/sphere-vmf1] [--steps 15] \
-        [--set model.widths=[10,20,20,10] ...]
+        [--profile NAME] [--set model.widths=[10,20,20,10] ...]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", help="JSON file for the medians")
     parser.add_argument("--preset", default="fast/sphere-vmf1")
     parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--profile", help="a profile of the preset (a YAML config's `profiles:`)")
     parser.add_argument(
         "--set",
         action="append",
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     trainers = {}
     for precision in ("fp32", "bf16"):
         overrides = [*args.set, f"train.precision={precision}", "train.device=cpu"]
-        trainers[precision] = Trainer(load_config(args.preset, overrides), progress=False)
+        cfg = load_config(args.preset, overrides, profile=args.profile)
+        trainers[precision] = Trainer(cfg, progress=False)
 
     def step(trainer: Trainer) -> None:
         trainer.train_step()
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     med = medians(alternate(cases, args.steps, warmup=5))
     out = {
         "preset": args.preset,
+        "profile": args.profile,
         "overrides": args.set,
         "threads": torch.get_num_threads(),
         "median_ms": {p: round(1000 * m, 2) for p, m in med.items()},
