@@ -721,16 +721,16 @@ def _train_recipe(args: argparse.Namespace) -> int:
     from clinvert import distributed
     from clinvert.recipe import read_recipe_record, run_recipe
 
+    _check_recipe_args(args)
     for flag, given in (
-        ("--profile", args.profile),
         ("--resume", args.resume),
         ("--stop-at", args.stop_at),
         ("--steps", args.steps),
     ):
         if given is not None:
             raise ConfigError(
-                f"{flag}: not with --recipe (its phases name their profiles; run the same "
-                "command again to continue)"
+                f"{flag}: not with --recipe (its phases set their steps; run the same command "
+                "again to continue)"
             )
     if args.nproc is not None and args.nproc > 1:
         raise ConfigError("--nproc: --recipe trains in one process; train its phases one by one")
@@ -739,8 +739,6 @@ def _train_recipe(args: argparse.Namespace) -> int:
             "WORLD_SIZE: --recipe trains in one process, not under torchrun; "
             "train its phases one by one"
         )
-    if not args.config:
-        raise ConfigError("config: --recipe needs the YAML config that defines it")
     if not args.out:
         raise ConfigError("--out: a folder for the recipe's phases is required")
     results = run_recipe(
@@ -782,16 +780,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if result["status"] == "finished" else 1
 
 
+def _check_recipe_args(args: argparse.Namespace) -> None:
+    """One-line errors for a ``--recipe`` without its config or beside ``--profile`` (``train``
+    and ``config`` alike)."""
+    if args.profile is not None:
+        raise ConfigError("--profile: not with --recipe (its phases name their profiles)")
+    if not args.config:
+        raise ConfigError("config: --recipe needs the YAML config that defines it")
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     if args.recipe is None:
         print(load_config(args.config, args.overrides, args.profile).to_yaml(), end="")
         return 0
     from clinvert.recipe import plan
 
-    if args.profile is not None:
-        raise ConfigError("--profile: not with --recipe (its phases name their profiles)")
-    if not args.config:
-        raise ConfigError("config: --recipe needs the YAML config that defines it")
+    _check_recipe_args(args)
     phases = plan(args.config, args.recipe, args.out, args.overrides, check_data=False)
     for i, phase in enumerate(phases, start=1):
         print(f"--- # phase {i}/{len(phases)}: {phase.out}")
